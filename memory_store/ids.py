@@ -1,0 +1,24 @@
+"""Identifiers owned by the codebook. Callers' ids are checked against these forms before use."""
+
+from __future__ import annotations
+
+import re
+
+_MEMORY = re.compile(r"^mem_[0-9]{6,12}$")
+_PIECE = re.compile(r"^pc_[0-9]{6,12}$")
+
+
+def memory_id(n: int) -> str:
+    return f"mem_{n:06d}"
+
+
+def piece_id(n: int) -> str:
+    return f"pc_{n:06d}"
+
+
+def is_memory_id(value: str) -> bool:
+    return isinstance(value, str) and bool(_MEMORY.match(value))
+
+
+def is_piece_id(value: str) -> bool:
+    return isinstance(value, str) and bool(_PIECE.match(value))

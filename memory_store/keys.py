@@ -1,0 +1,104 @@
+"""Keys: what a prompt is about, read from the frozen model's hidden states.
+
+A key is the pooled hidden state at the input of block ``layout.key_layer``, minus a centre
+(the mean over a calibration set, stored with the codebook; hidden states share a large common
+direction that would make every cosine close to 1), L2-normalised. Computing a key runs only the
+blocks below the key layer: a pre-hook stops the forward there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from memory_store.model_access import ModelLayout, _get
+
+
+class _Stop(Exception):
+    pass
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, d) hidden states, (B, T) mask -> (B, d) pooled vectors."""
+    mask = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    if pooling == "last":
+        # left padding: the last real token is the last position
+        return hidden[:, -1, :].float()
+    return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+
+
+def normalise(raw: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
+    if centre is not None:
+        raw = raw - centre.to(raw)
+    return torch.nn.functional.normalize(raw, dim=-1)
+
+
+def _block_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def encode_batch(model: nn.Module, tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Tokenise with left padding and matching position ids (as generation does)."""
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    mask = enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    return {
+        "input_ids": enc["input_ids"].to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": pos.to(device),
+    }
+
+
+@torch.no_grad()
+def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
+             pooling: str = "mean", batch_size: int = 64) -> torch.Tensor:
+    """(N, d) pooled hidden states at the key layer, before centring."""
+    block = _get(model, layout.blocks_path)[layout.key_layer]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, args, kwargs):
+            captured.append(_block_input(args, kwargs))
+            raise _Stop
+
+        handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            model(**batch, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        out.append(pool(captured[0], batch["attention_mask"], pooling).cpu())
+    if not out:
+        return torch.zeros(0, layout.hidden_size)
+    return torch.cat(out)
+
+
+def compute_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
+                 centre: torch.Tensor | None, pooling: str = "mean") -> np.ndarray:
+    """(N, d) float32 unit keys."""
+    raw = raw_keys(model, tokenizer, layout, prompts, pooling)
+    return normalise(raw, centre).numpy().astype(np.float32)
+
+
+# Generic prompts used to centre keys when a store is created (any model, any domain).
+CALIBRATION_PROMPTS: tuple[str, ...] = (
+    "The weather today is", "My favourite food is", "The number after five is",
+    "Once upon a time there was", "The best way to learn is", "In the morning I usually",
+    "The capital of the country is", "She opened the door and", "Water boils at",
+    "The book on the table is", "Q: What is the colour of the sky?\nA:", "The meeting starts at",
+    "He was born in the city of", "The company was founded by", "Their native language is",
+    "The river flows into the", "A good breakfast includes", "The train leaves from",
+    "Q: Who wrote the letter?\nA:", "The main ingredient of bread is", "The children played in",
+    "The price of the ticket is", "The song was written by", "The team plays in",
+    "The museum is located in", "Q: Where does the author live?\nA:", "The film was directed by",
+    "The currency used there is", "The mountain is known for", "The recipe calls for",
+    "The sport they love is", "Q: What is the profession of the man?\nA:",
+)

@@ -1,0 +1,105 @@
+"""Losses of LOKA.md section 3: edit NLL, unlearning (NPO / GA / IDK) and retention KL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded prompt+target sequences; ``labels`` is -100 outside the target."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> TokenBatch:
+        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
+
+
+def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.device = "cpu"
+                   ) -> TokenBatch:
+    """Tokenise (prompt, target) pairs as generation sees them: prompt with special tokens,
+    target appended without."""
+    seqs, labels = [], []
+    for prompt, target in pairs:
+        p = tokenizer(prompt)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"] if target else []
+        seqs.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        lab[i, : len(lb)] = torch.tensor(lb)
+    return TokenBatch(ids.to(device), mask.to(device), lab.to(device))
+
+
+def forward_logits(model, batch: TokenBatch) -> torch.Tensor:
+    """(B, T, V) logits; position t predicts token t+1."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                 use_cache=False).logits
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) summed log-probability of the target tokens."""
+    lg, lb = _shifted(logits, labels)
+    mask = lb != -100
+    logp = torch.log_softmax(lg.float(), -1).gather(-1, lb.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1)
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token NLL of the target (prompt tokens masked)."""
+    lg, lb = _shifted(logits, labels)
+    return F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100)
+
+
+def npo(logits: torch.Tensor, labels: torch.Tensor, ref_logprob: torch.Tensor,
+        beta: float) -> torch.Tensor:
+    """Negative preference optimisation against the frozen base as reference."""
+    ratio = sequence_logprob(logits, labels) - ref_logprob
+    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+def gradient_ascent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -nll(logits, labels)
+
+
+def retain_kl(logits: torch.Tensor, ref_logprobs: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_theta) averaged over the real positions. ``ref_logprobs`` (B, T, V)."""
+    logq = torch.log_softmax(logits.float(), -1)
+    kl = (ref_logprobs.exp() * (ref_logprobs - logq)).sum(-1)  # (B, T)
+    m = mask.float()
+    return (kl * m).sum() / m.sum().clamp(min=1)
+
+
+def target_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) fraction of target tokens that are the argmax (teacher forced)."""
+    lg, lb = _shifted(logits, labels)
+    mask = lb != -100
+    hit = (lg.argmax(-1) == lb) & mask
+    return hit.sum(-1).float() / mask.sum(-1).clamp(min=1).float()
+
+
+def first_token_hit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) whether the first target token is the argmax."""
+    lg, lb = _shifted(logits, labels)
+    first = (lb != -100).float().argmax(-1)  # index of the first target position
+    rows = torch.arange(lb.shape[0], device=lb.device)
+    return lg[rows, first].argmax(-1) == lb[rows, first]

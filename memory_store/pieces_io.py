@@ -1,0 +1,93 @@
+"""Validation of caller-supplied pieces and parsing of update files (JSONL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from memory_store.errors import InvalidInput
+from memory_store.types import PieceKind, PieceSpec, RetainSpec
+
+MAX_TEXT_CHARS = 4000
+MAX_PARAPHRASES = 32
+
+
+def _text(value: object, field: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field)
+    if not allow_empty and not value.strip():
+        raise InvalidInput(f"{field} must not be empty", field=field)
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"{field} is longer than {MAX_TEXT_CHARS} characters", field=field)
+    return value
+
+
+def validate(pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = ()) -> None:
+    """Raise ``InvalidInput`` naming the first bad field."""
+    if not pieces:
+        raise InvalidInput("an update needs at least one edit or unlearn piece", field="pieces")
+    for i, p in enumerate(pieces):
+        if p.kind not in (PieceKind.EDIT, PieceKind.UNLEARN):
+            raise InvalidInput(f"unknown kind {p.kind!r}", field=f"pieces[{i}].kind")
+        _text(p.prompt, f"pieces[{i}].prompt")
+        _text(p.target, f"pieces[{i}].target")
+        if len(p.paraphrases) > MAX_PARAPHRASES:
+            raise InvalidInput(f"at most {MAX_PARAPHRASES} paraphrases",
+                               field=f"pieces[{i}].paraphrases")
+        for j, q in enumerate(p.paraphrases):
+            _text(q, f"pieces[{i}].paraphrases[{j}]")
+    for i, r in enumerate(retain):
+        _text(r.prompt, f"retain[{i}].prompt")
+        _text(r.target, f"retain[{i}].target", allow_empty=True)
+
+
+def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{where}: expected a JSON object", field="line")
+    kind = obj.get("kind")
+    allowed = {"kind", "prompt", "target", "paraphrases"}
+    extra = set(obj) - allowed
+    if extra:
+        raise InvalidInput(f"{where}: unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
+    for name in ("prompt", "target"):
+        if name not in obj:
+            raise InvalidInput(f"{where}: missing field {name!r}", field=name)
+    if kind == "retain":
+        prompt = _text(obj["prompt"], f"{where}: prompt")
+        return RetainSpec(prompt, _text(obj["target"], f"{where}: target", allow_empty=True))
+    if kind not in ("edit", "unlearn"):
+        raise InvalidInput(f"{where}: kind must be 'edit', 'unlearn' or 'retain', got {kind!r}",
+                           field="kind")
+    paraphrases = obj.get("paraphrases", [])
+    if not isinstance(paraphrases, list):
+        raise InvalidInput(f"{where}: paraphrases must be a list of strings", field="paraphrases")
+    return PieceSpec(
+        PieceKind(kind),
+        _text(obj["prompt"], f"{where}: prompt"),
+        _text(obj["target"], f"{where}: target"),
+        tuple(_text(q, f"{where}: paraphrases[{j}]") for j, q in enumerate(paraphrases)),
+    )
+
+
+def read_update_file(path: Path) -> tuple[list[PieceSpec], list[RetainSpec]]:
+    """Read a JSONL update file; errors name the line number and the field."""
+    pieces: list[PieceSpec] = []
+    retain: list[RetainSpec] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}", field="file") from exc
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{where}: invalid JSON ({exc.msg})", field="line") from exc
+        item = parse_line(obj, where)
+        (retain if isinstance(item, RetainSpec) else pieces).append(item)
+    if not pieces:
+        raise InvalidInput(f"{path}: no edit or unlearn line", field="file")
+    return pieces, retain

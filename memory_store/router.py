@@ -1,0 +1,65 @@
+"""The learned gate: P(a query concerns stored knowledge), from its key and its best similarity
+to the codebook. Retrained from scratch after every update (a few hundred full-batch steps on a
+few thousand keys: well under a second on CPU for small codebooks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from memory_store.config import RouterSettings
+
+
+class Gate(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, keys: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+        """(N, d) keys, (N,) best similarities -> (N,) probabilities."""
+        x = torch.cat([keys, sims.unsqueeze(-1)], dim=-1)
+        return torch.sigmoid(self.net(x).squeeze(-1))
+
+
+def train_gate(pos_keys: np.ndarray, pos_sims: np.ndarray, neg_keys: np.ndarray,
+               neg_sims: np.ndarray, settings: RouterSettings) -> Gate:
+    """Class-balanced logistic training of the gate; deterministic under ``settings.seed``."""
+    torch.manual_seed(settings.seed)
+    dim = pos_keys.shape[1]
+    gate = Gate(dim, settings.hidden)
+    x = torch.from_numpy(np.concatenate([pos_keys, neg_keys]).astype(np.float32))
+    s = torch.from_numpy(np.concatenate([pos_sims, neg_sims]).astype(np.float32))
+    y = torch.cat([torch.ones(len(pos_keys)), torch.zeros(len(neg_keys))])
+    w = torch.where(y > 0, 0.5 / max(len(pos_keys), 1), 0.5 / max(len(neg_keys), 1))
+    opt = torch.optim.Adam(gate.parameters(), lr=settings.learning_rate)
+    for _ in range(settings.epochs):
+        opt.zero_grad()
+        logits = gate.net(torch.cat([x, s.unsqueeze(-1)], -1)).squeeze(-1)
+        loss = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+                * w).sum()
+        loss.backward()
+        opt.step()
+    gate.eval()
+    gate.requires_grad_(False)
+    return gate
+
+
+def save_gate(gate: Gate, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, str(tmp))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_gate(path: Path, dim: int, hidden: int) -> Gate:
+    gate = Gate(dim, hidden)
+    gate.load_state_dict(load_file(str(path)))
+    gate.eval()
+    gate.requires_grad_(False)
+    return gate

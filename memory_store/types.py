@@ -1,0 +1,144 @@
+"""Plain data types shared by the engine, the service and the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+
+class PieceKind(StrEnum):
+    EDIT = "edit"
+    UNLEARN = "unlearn"
+
+
+MemoryKind = Literal["edit", "unlearn", "mixed"]
+
+# stage name, step, total steps
+ProgressCallback = Callable[[str, int, int], None]
+# returns True when the caller wants the running update to stop before it publishes
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class PieceSpec:
+    """A requested knowledge piece: teach (edit) or remove (unlearn) ``target`` after ``prompt``."""
+
+    kind: PieceKind
+    prompt: str
+    target: str
+    paraphrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetainSpec:
+    """A prompt whose behaviour must not change (used for the retention loss and the gate)."""
+
+    prompt: str
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stored knowledge piece."""
+
+    id: str
+    kind: PieceKind
+    prompt: str
+    target: str
+    paraphrases: tuple[str, ...]
+    memory_id: str
+    created_at: float
+    added_in_version: int
+
+
+@dataclass(frozen=True)
+class ConflictDecision:
+    """How a cluster holding both edit and unlearn pieces was handled."""
+
+    score: float  # fraction of sampled gradient pairs with cosine <= 0
+    tau: float
+    decision: Literal["split", "mgda"]
+    samples: int
+    mean_cosine: float
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """A memory of the codebook: one LoRA adapter and the pieces it holds."""
+
+    id: str
+    kind: MemoryKind
+    content_hash: str
+    piece_ids: tuple[str, ...]
+    conflict: ConflictDecision | None
+    # similarity of its pieces' keys to the memory key: {"min", "mean", "max"}
+    key_stats: dict[str, float]
+    bucket: int | None
+    created_at: float
+    added_in_version: int
+    train_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    created_at: float
+    reason: str
+    n_memories: int
+    n_pieces: int
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """Per-update overrides of the trainer (None keeps the configured default)."""
+
+    unlearn_loss: Literal["npo", "ga", "idk"] | None = None
+    steps: int | None = None
+    learning_rate: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    codebook_version: int
+    memories_created: tuple[str, ...]
+    memories_updated: tuple[str, ...]
+    memories_removed: tuple[str, ...]
+    pieces_added: tuple[str, ...]
+    pieces_removed: tuple[str, ...]
+    decisions: dict[str, ConflictDecision] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a prompt goes: ``memory_id`` None means the frozen base model."""
+
+    memory_id: str | None
+    gate: float
+    similarity: float | None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    memory: str = "auto"  # "auto" (routed), "none" (base model) or a memory id
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    memory_id: str | None
+    gate: float
+    similarity: float | None
+    codebook_version: int
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
