@@ -79,8 +79,10 @@ class RouterSettings(_Strict):
     """The learned gate."""
 
     threshold: float = Field(0.5, ge=0.0, le=1.0)
-    # a memory is only used when the query key is at least this similar to its key
-    min_similarity: float = Field(0.0, ge=-1.0, le=1.0)
+    # a memory is only used when the query key is at least this similar to its key (a guard
+    # for models whose gate saw few hard negatives; paraphrases measure ~0.65-0.98 on the
+    # built-in model, other facts ~0)
+    min_similarity: float = Field(0.5, ge=-1.0, le=1.0)
     # background prompts this similar to a stored key are probably unlisted paraphrases: they
     # are used neither as negatives of the gate nor as retention prompts
     exclude_similarity: float = Field(0.9, ge=-1.0, le=1.01)

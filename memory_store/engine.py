@@ -7,6 +7,7 @@ the next version off to the side, publish it atomically through the store, then 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -123,8 +124,8 @@ class Loka:
             from memory_store.default_model import ensure_default_model
 
             model = ensure_default_model(progress=progress)
-            if background_prompts is None:
-                background_prompts = default_background()
+        if background_prompts is None and _is_default_model(model):
+            background_prompts = default_background()
         hf_model, tokenizer = load_model(model, dtype=dtype, device=device)
         store = Store(Path(store_dir))
         fp = fingerprint(hf_model)
@@ -402,6 +403,14 @@ def default_background() -> tuple[str, ...]:
     from memory_store.default_model.corpus import FACTS, GENERAL_PROMPTS
 
     return tuple(q for f in FACTS for q in f.prompts) + tuple(GENERAL_PROMPTS)
+
+
+def _is_default_model(model: str | Path) -> bool:
+    marker = Path(model) / "loka_model.json"
+    try:
+        return marker.is_file() and json.loads(marker.read_text()).get("name") == "loka-default"
+    except (OSError, ValueError):
+        return False
 
 
 def _merge_config(store: Store, config: LokaConfig | None) -> LokaConfig:

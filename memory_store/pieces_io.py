@@ -50,12 +50,13 @@ def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
     extra = set(obj) - allowed
     if extra:
         raise InvalidInput(f"{where}: unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
-    for name in ("prompt", "target"):
+    for name in ("prompt",) if kind == "retain" else ("prompt", "target"):
         if name not in obj:
             raise InvalidInput(f"{where}: missing field {name!r}", field=name)
     if kind == "retain":
         prompt = _text(obj["prompt"], f"{where}: prompt")
-        return RetainSpec(prompt, _text(obj["target"], f"{where}: target", allow_empty=True))
+        target = _text(obj.get("target", ""), f"{where}: target", allow_empty=True)
+        return RetainSpec(prompt, target)
     if kind not in ("edit", "unlearn"):
         raise InvalidInput(f"{where}: kind must be 'edit', 'unlearn' or 'retain', got {kind!r}",
                            field="kind")

@@ -1,0 +1,237 @@
+"""The ``loka`` command line: build the default model, update a store, generate, inspect, serve.
+
+Examples::
+
+    loka model build
+    loka update --store data/store --file updates.jsonl
+    loka generate --store data/store "The capital of Veltoria is" --json
+    loka memories --store data/store
+    loka serve --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("loka")
+
+DEFAULT_STORE = os.environ.get("LOKA_STORE_DIR", "data/store")
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def _open(args: argparse.Namespace, progress: bool = True):
+    from memory_store import Loka
+
+    return Loka.open(Path(args.store), model=args.model, dtype=args.dtype, progress=progress)
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from memory_store.default_model import default_model_info, ensure_default_model
+
+    if args.action == "build":
+        path = ensure_default_model(progress=True)
+        _emit(default_model_info(path))
+    else:
+        _emit(default_model_info(Path(args.path) if args.path else None))
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from memory_store.pieces_io import read_update_file
+    from memory_store.types import UpdateOptions
+
+    pieces, retain = read_update_file(Path(args.file))  # fail on a bad file before loading
+    loka = _open(args)
+    options = UpdateOptions(unlearn_loss=args.unlearn_loss, steps=args.steps, seed=args.seed)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, step: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False)
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    try:
+        result = loka.update(pieces, retain, options, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    _emit(result)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from memory_store.types import GenerationRequest
+
+    loka = _open(args, progress=False)
+    req = GenerationRequest(args.prompt, args.max_new_tokens, args.temperature, args.top_p,
+                            tuple(args.stop or ()), args.memory, args.seed)
+    result = loka.generate([req])[0]
+    if args.json:
+        _emit(result)
+    else:
+        sys.stdout.write(result.text + "\n")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    _emit(_open(args, progress=False).route([args.prompt])[0])
+    return 0
+
+
+def cmd_memories(args: argparse.Namespace) -> int:
+    loka = _open(args, progress=False)
+    _emit({"codebook": loka.codebook_info(), "memories": loka.memories()})
+    return 0
+
+
+def cmd_knowledge(args: argparse.Namespace) -> int:
+    _emit(_open(args, progress=False).pieces())
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    _emit(_open(args, progress=False).versions())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _emit(_open(args, progress=False).rollback(args.version))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    loka = _open(args, progress=False)
+    if args.id.startswith("mem_"):
+        _emit(loka.delete_memory(args.id))
+    else:
+        _emit(loka.delete_piece(args.id))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    for name in ("host", "port", "store", "model"):
+        value = getattr(args, name)
+        if value is not None:
+            os.environ["LOKA_STORE_DIR" if name == "store" else f"LOKA_{name.upper()}"] = str(value)
+    from service.__main__ import main as serve_main
+
+    return serve_main()
+
+
+# ---------------------------------------------------------------------------- parser
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=DEFAULT_STORE, help="store directory (default: %(default)s)")
+    p.add_argument("--model", default=os.environ.get("LOKA_MODEL") or None,
+                   help="HF model directory or hub id (default: the built-in model)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loka", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("model", help="the built-in default model")
+    p.add_argument("action", choices=["build", "info"])
+    p.add_argument("--path", help="model directory to describe (info)")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("update", help="apply a JSONL file of edits/unlearning requests")
+    _store_args(p)
+    p.add_argument("--file", required=True, help='JSONL: {"kind", "prompt", "target", ...}')
+    p.add_argument("--steps", type=int, help="training steps per memory")
+    p.add_argument("--unlearn-loss", choices=["npo", "ga", "idk"])
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("generate", help="generate from the updated model")
+    _store_args(p)
+    p.add_argument("prompt")
+    p.add_argument("--memory", default="auto", help="auto | none | <memory id>")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("route", help="which memory would serve a prompt")
+    _store_args(p)
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_route)
+
+    for name, func, text in (("memories", cmd_memories, "list the codebook's memories"),
+                             ("knowledge", cmd_knowledge, "list the stored pieces"),
+                             ("versions", cmd_versions, "list codebook versions")):
+        p = sub.add_parser(name, help=text)
+        _store_args(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("rollback", help="publish a new version equal to an earlier one")
+    _store_args(p)
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("delete", help="revert a piece (pc_...) or drop a memory (mem_...)")
+    _store_args(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("serve", help="run the HTTP service (settings: LOKA_* variables)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--store")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from memory_store.errors import LokaError
+
+    try:
+        return args.func(args)
+    except LokaError as exc:
+        field = f" [{exc.field}]" if exc.field else ""
+        sys.stderr.write(f"error ({exc.type}){field}: {exc.message}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
