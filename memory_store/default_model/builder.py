@@ -75,8 +75,8 @@ MODEL_CONFIG: dict[str, Any] = {
 TRAIN_CONFIG: dict[str, Any] = {
     "seed": 0,
     "threads": 1,
-    "batch_size": 32,
-    "lr": 3e-3,
+    "batch_size": 16,
+    "lr": 2e-3,
     "weight_decay": 0.01,
     "warmup_steps": 100,
     "max_steps": 3000,
@@ -165,6 +165,8 @@ def ensure_default_model(cache_dir: Path | None = None, progress: bool = True) -
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=models_dir))
         try:
             _build_model_dir(tmp, progress=progress)
+            # mkdtemp makes the directory private; a cached model should be readable by all.
+            tmp.chmod(0o755)
             os.rename(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
