@@ -65,6 +65,8 @@ class TrainerSettings(_Strict):
     unlearn_loss: Literal["npo", "ga", "idk"] = "npo"
     npo_beta: float = Field(0.1, gt=0)
     idk_response: str = " I don't know."
+    # end edit (and IDK) targets with the tokenizer's EOS so the model stops after the answer
+    target_eos: bool = True
     retain_weight: float = Field(1.0, ge=0)
     max_retain: int = Field(16, ge=0, le=10_000)
     weight_decay: float = Field(0.0, ge=0)
@@ -91,6 +93,9 @@ class RouterSettings(_Strict):
     learning_rate: float = Field(1e-2, gt=0)
     seed: int = 0
     enabled: bool = True  # False: route every prompt to its nearest memory (ablation)
+    # "piece": search every stored prompt/paraphrase key and serve its memory (a memory's
+    # centroid can sit far from some of its pieces); "memory": search memory centroids only
+    retrieval: Literal["piece", "memory"] = "piece"
 
 
 class IndexSettings(_Strict):

@@ -25,7 +25,7 @@ from memory_store.config import LokaConfig
 from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound
 from memory_store.generation import Generator, RowPlan
 from memory_store.ids import is_memory_id, is_piece_id
-from memory_store.index import KeyIndex
+from memory_store.index import KeyIndex, retrieval_index
 from memory_store.lora import AdapterWeights, inject, load_adapter
 from memory_store.model_access import describe, fingerprint, load_model
 from memory_store.router import Gate, load_gate
@@ -153,10 +153,9 @@ class Loka:
 
     def _load_live(self, version: int | None) -> _Live:
         snap = self.store.snapshot(version, self.layout.hidden_size)
-        mems = list(snap.memories.values())
-        keys = (np.stack([m.key for m in mems]) if mems
-                else np.zeros((0, self.layout.hidden_size), np.float32))
-        index = KeyIndex(keys, [m.id for m in mems], self.config.index)
+        index = retrieval_index(snap.memories.values(), snap.pieces.values(),
+                                self.config.router.retrieval, self.config.index,
+                                self.layout.hidden_size)
         gate = None
         if snap.gate_file and self.config.router.enabled:
             gate = load_gate(self.store.root / snap.gate_file, self.layout.hidden_size,
@@ -399,10 +398,11 @@ def _piece(p) -> Piece:
 
 
 def default_background() -> tuple[str, ...]:
-    """Hard-negative prompts for the built-in model: everything it knows, plus general text."""
+    """Hard-negative prompts for the built-in model: the facts it knows, plus general text."""
     from memory_store.default_model.corpus import FACTS, GENERAL_PROMPTS
 
-    return tuple(q for f in FACTS for q in f.prompts) + tuple(GENERAL_PROMPTS)
+    # one phrasing per fact: the other phrasings stay unseen, as paraphrases are in real use
+    return tuple(f.prompts[0] for f in FACTS) + tuple(GENERAL_PROMPTS)
 
 
 def _is_default_model(model: str | Path) -> bool:

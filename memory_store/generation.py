@@ -87,8 +87,8 @@ class Generator:
 
     def generate(self, plans: Sequence[RowPlan], router: RouterFn) -> list[RowOutput]:
         outputs: list[RowOutput] = []
-        for outputs in self.stream(plans, router):
-            pass
+        for step in self.stream(plans, router):
+            outputs = step
         return outputs
 
     @torch.no_grad()

@@ -15,6 +15,21 @@ import numpy as np
 from memory_store.config import IndexSettings
 
 
+def retrieval_index(memories, pieces, retrieval: str, settings: IndexSettings,
+                    dim: int) -> KeyIndex:
+    """The routing index of a codebook: every piece key (prompt and paraphrases) labelled with
+    its memory, or one centroid per memory."""
+    if retrieval == "memory":
+        rows = [(m.key[None, :], m.id) for m in memories]
+    else:
+        rows = [(p.keys, p.memory_id) for p in pieces]
+    if not rows:
+        return KeyIndex(np.zeros((0, dim), np.float32), [], settings)
+    keys = np.concatenate([k for k, _ in rows])
+    ids = [mid for k, mid in rows for _ in range(len(k))]
+    return KeyIndex(keys, ids, settings)
+
+
 def index_kind(settings: IndexSettings, n: int) -> str:
     if settings.kind != "auto":
         return settings.kind

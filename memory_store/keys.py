@@ -64,7 +64,7 @@ def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence
         batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])
         captured: list[torch.Tensor] = []
 
-        def hook(_module, args, kwargs):
+        def hook(_module, args, kwargs, captured=captured):
             captured.append(_block_input(args, kwargs))
             raise _Stop
 

@@ -151,8 +151,9 @@ class BatchState(LoraState):
             for j, w in enumerate(used):
                 a[j, : w.rank] = w.a[name]
                 b[j, :, : w.rank] = w.b[name] * w.scale
-            self.a[name] = a.to(device=device, dtype=dtype).transpose(1, 2).contiguous()  # (n,in,r)
-            self.b[name] = b.to(device=device, dtype=dtype).transpose(1, 2).contiguous()  # (n,r,out)
+            # (n, in, r) and (n, r, out): ready for x @ A^T @ B^T as two bmm
+            self.a[name] = a.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
+            self.b[name] = b.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
 
     @property
     def empty(self) -> bool:

@@ -23,14 +23,16 @@ class TokenBatch:
         return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
 
 
-def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.device = "cpu"
-                   ) -> TokenBatch:
+def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.device = "cpu",
+                   eos: bool = False) -> TokenBatch:
     """Tokenise (prompt, target) pairs as generation sees them: prompt with special tokens,
-    target appended without."""
+    target appended without (and ended by EOS when ``eos``)."""
     seqs, labels = [], []
     for prompt, target in pairs:
         p = tokenizer(prompt)["input_ids"]
         t = tokenizer(target, add_special_tokens=False)["input_ids"] if target else []
+        if eos and t and tokenizer.eos_token_id is not None:
+            t = t + [tokenizer.eos_token_id]
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
     width = max(len(s) for s in seqs)

@@ -59,7 +59,8 @@ class Objective:
         edit_pairs = list(task.edits)
         if self.idk:  # IDK turns unlearning into an edit towards a refusal
             edit_pairs += [(p, settings.idk_response) for p, _ in unlearns]
-        self.edit = losses.tokenize_pairs(tokenizer, edit_pairs, device) if edit_pairs else None
+        self.edit = (losses.tokenize_pairs(tokenizer, edit_pairs, device, settings.target_eos)
+                     if edit_pairs else None)
         self.unlearn = (
             losses.tokenize_pairs(tokenizer, unlearns, device) if unlearns else None
         )
@@ -222,7 +223,8 @@ def conflict_score(
 ) -> tuple[float, float]:
     """Fraction of sampled (edit, unlearn) mini-batch pairs whose LoRA gradients have
     cosine <= 0, and the mean cosine. No weights are updated."""
-    objective = Objective(model, tokenizer, task, trainer.model_copy(update={"unlearn_loss": "npo"}))
+    npo = trainer.model_copy(update={"unlearn_loss": "npo"})
+    objective = Objective(model, tokenizer, task, npo)
     state = TrainState(init_adapter(layout, lora.rank, lora.alpha, seed),
                        next(model.parameters()).device)
     params = state.parameters()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memory_store.errors import Cancelled
-from memory_store.index import KeyIndex
+from memory_store.index import KeyIndex, retrieval_index
 from memory_store.lora import adapter_hash, save_adapter
 from memory_store.mapping import LshTable, capacity_kmeans
 from memory_store.router import save_gate, train_gate
@@ -91,9 +91,9 @@ class Updater:
         offset, now = 0, time.time()
         for pid, spec in zip(new_ids, specs, strict=True):
             n = 1 + len(spec.paraphrases)
+            keys = piece_keys[offset:offset + n]
             self.pieces[pid] = PieceRecord(pid, spec.kind, spec.prompt, spec.target,
-                                           tuple(spec.paraphrases), "", piece_keys[offset:offset + n],
-                                           now)
+                                           tuple(spec.paraphrases), "", keys, now)
             offset += n
         self.pieces_added = new_ids
         groups = self._map(new_ids)
@@ -227,10 +227,7 @@ class Updater:
         score, mean_cos = conflict_score(self.loka.model, self.loka.tokenizer, self.loka.layout,
                                          task, self.trainer, self.cfg.lora, c,
                                          self.trainer.seed)
-        if c.mode == "auto":
-            decision = "split" if score >= c.tau else "mgda"
-        else:
-            decision = c.mode
+        decision = c.mode if c.mode != "auto" else ("split" if score >= c.tau else "mgda")
         logger.info("conflict score %.2f (mean cos %.3f) -> %s", score, mean_cos, decision)
         return ConflictDecision(score, c.tau, decision, c.samples, mean_cos)
 
@@ -338,8 +335,8 @@ class Updater:
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
         if mems:
-            keys = np.stack([m.key for m in mems])
-            index = KeyIndex(keys, [m.id for m in mems], self.cfg.index)
+            index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
+                                    self.cfg.index, self.loka.layout.hidden_size)
             index_file = f"versions/v{version}.faiss"
             index.save(store.root / index_file)
             gate = self._train_gate(index)
@@ -364,6 +361,11 @@ class Updater:
         pos = np.concatenate([p.keys for p in self.pieces.values()])
         negs = [r.key for r in self.retain] + [k for _, k in self._background_negatives()]
         neg = np.stack(negs) if negs else np.zeros((0, pos.shape[1]), np.float32)
-        pos_sims = index.search(pos, 1)[0][:, 0]
+        if self.cfg.router.retrieval == "piece" and len(index) > 1:
+            # leave-one-out: a stored key finds itself at similarity 1; an unseen paraphrase
+            # would not, so the gate learns from the next-nearest key instead
+            pos_sims = index.search(pos, 2)[0][:, 1]
+        else:
+            pos_sims = index.search(pos, 1)[0][:, 0]
         neg_sims = index.search(neg, 1)[0][:, 0] if len(neg) else np.zeros(0, np.float32)
         return train_gate(pos, pos_sims, neg, neg_sims, self.cfg.router)

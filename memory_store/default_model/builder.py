@@ -3,7 +3,7 @@
 The default model is a small GPT-2 trained from scratch, on CPU, on the fictional facts of
 :mod:`memory_store.default_model.corpus`, with its own byte-level BPE tokenizer. It lets the
 service and the tests run with no model hub and no download: the first call to
-:func:`ensure_default_model` trains it (well under a minute on two cores) and caches it under
+:func:`ensure_default_model` trains it (about one CPU-minute, on one thread) and caches it under
 ``<cache>/models/loka-default-<hash12>``; later calls return the cached directory.
 
 The hash covers the corpus, every config below and :data:`BUILDER_VERSION`, so any change to
@@ -138,6 +138,17 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _remove_stale_temp_dirs(models_dir: Path) -> None:
+    """Delete build directories left by killed builds; call only while holding the lock.
+
+    Temporary build directories exist only while their builder holds the lock, so any that
+    a lock holder finds belongs to a build that died.
+    """
+    for stale in models_dir.glob(f".{MODEL_NAME}-*.tmp-*"):
+        logger.warning("removing directory of an interrupted build: %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 # --- public entry points ---------------------------------------------------------------------
 
 
@@ -162,6 +173,7 @@ def ensure_default_model(cache_dir: Path | None = None, progress: bool = True) -
             # Not ours to trust: a complete build is only ever created by the rename below.
             logger.warning("removing incomplete default model directory %s", path)
             shutil.rmtree(path)
+        _remove_stale_temp_dirs(models_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=models_dir))
         try:
             _build_model_dir(tmp, progress=progress)
