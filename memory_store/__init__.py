@@ -4,6 +4,6 @@ Importing this package loads no model; ``Loka.open`` does.
 """
 
 from memory_store.config import LokaConfig
-from memory_store.engine import Loka, StreamChunk
+from memory_store.engine import Loka, Score, StreamChunk
 
-__all__ = ["Loka", "LokaConfig", "StreamChunk"]
+__all__ = ["Loka", "LokaConfig", "Score", "StreamChunk"]

@@ -57,6 +57,13 @@ class StreamChunk:
 
 
 @dataclass(frozen=True)
+class Score:
+    logprob: float  # summed log-probability of the target tokens
+    token_accuracy: float  # fraction of target tokens that are the argmax
+    memory_id: str | None
+
+
+@dataclass(frozen=True)
 class _Live:
     """An immutable, fully loaded view of one published version."""
 
@@ -292,6 +299,36 @@ class Loka:
         if row is not None and len(row.text) > sent:
             yield StreamChunk(row.text[sent:])
         yield StreamChunk("", self._result(live, row))
+
+    @torch.no_grad()
+    def score(self, pairs: Sequence[tuple[str, str]], memory: str = "auto",
+              batch_size: int = 32) -> list[Score]:
+        """Teacher-forced scores of ``target`` after ``prompt`` on the served model (each
+        prompt routed as generation would route it): summed log-probability and token
+        accuracy (EasyEdit's edit metric)."""
+        from memory_store import losses
+        from memory_store.lora import BatchState, use_state
+
+        live = self._live
+        out: list[Score] = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = list(pairs[start:start + batch_size])
+            prompts = [p for p, _ in chunk]
+            if memory == "auto":
+                routes = self._route_keys(live, self.keys(prompts))
+            else:
+                plan = self._plans(live, [GenerationRequest(prompts[0], memory=memory)])[0]
+                routes = [plan.route] * len(chunk)
+            adapters = [self._adapter(live, r.memory_id) if r.memory_id else None
+                        for r in routes]
+            batch = losses.tokenize_pairs(self.tokenizer, chunk, self.model.device)
+            with use_state(BatchState(adapters, self.model.dtype, self.model.device)):
+                logits = losses.forward_logits(self.model, batch)
+            logp = losses.sequence_logprob(logits, batch.labels)
+            acc = losses.target_accuracy(logits, batch.labels)
+            out += [Score(float(lp), float(a), r.memory_id)
+                    for lp, a, r in zip(logp, acc, routes, strict=True)]
+        return out
 
     # ------------------------------------------------------------------ reading the codebook
     def memories(self) -> list[MemoryInfo]:
