@@ -29,8 +29,8 @@ class LoraSettings(_Strict):
 class KeySettings(_Strict):
     """How a prompt's key is computed from the frozen model's hidden states."""
 
-    # None: the middle layer. Index into HF ``hidden_states`` (0 = embeddings); the key is
-    # read at the input of block ``layer``.
+    # None: three quarters of the depth (model_access.default_key_layer). Index into HF
+    # ``hidden_states`` (0 = embeddings); the key is read at the input of block ``layer``.
     layer: int | None = Field(None, ge=1)
     # "last" (the last prompt token) measured far better than "mean" on the built-in model:
     # nearest neighbour is a paraphrase of the same fact for 73% of prompts vs 2% (docs)

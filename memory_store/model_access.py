@@ -133,7 +133,7 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
                     suffixes)
     if lora.target_modules:
         suffixes = tuple(lora.target_modules)
-    key_layer = keys.layer if keys.layer is not None else max(1, n_layers // 2)
+    key_layer = keys.layer if keys.layer is not None else default_key_layer(n_layers)
     if not 1 <= key_layer < n_layers:
         raise InvalidInput(f"keys.layer must be in [1, {n_layers - 1}]", field="keys.layer")
     layers = lora.layers if lora.layers is not None else tuple(range(key_layer, n_layers))
@@ -153,6 +153,13 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
             in_f, out_f, fan = _linear_dims(module)
             targets.append(TargetModule(f"{blocks_path}.{layer}.{suffix}", layer, in_f, out_f, fan))
     return ModelLayout(model_type, blocks_path, n_layers, hidden, key_layer, tuple(targets))
+
+
+def default_key_layer(n_layers: int) -> int:
+    """Three quarters of the depth. On the built-in model (4 blocks) keys read at block 3
+    routed every untouched prompt to the base model (locality 1.00) against 0.96 at block 2,
+    and held-out paraphrases 0.88 against 0.75 (benchmarks/default_model_update.py)."""
+    return max(1, n_layers - max(1, n_layers // 4))
 
 
 def fingerprint(model: PreTrainedModel) -> str:
