@@ -74,6 +74,9 @@ class TrainerSettings(_Strict):
     # stop early once every edit target is reproduced greedily and every unlearn target is
     # below this probability ratio to the base (checked every ``check_every`` steps)
     early_stop: bool = True
+    # rounds of "generate greedily, train against any output that still holds an unlearned
+    # answer" after the main loop (0 disables)
+    verify_rounds: int = Field(2, ge=0, le=10)
     check_every: int = Field(10, ge=1)
 
 

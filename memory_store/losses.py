@@ -47,6 +47,20 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.
     return TokenBatch(ids.to(device), mask.to(device), lab.to(device))
 
 
+def concat(a: TokenBatch, b: TokenBatch, pad_id: int) -> TokenBatch:
+    """Stack two right-padded batches, padding the narrower one."""
+    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+
+    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return TokenBatch(
+        torch.cat([widen(a.input_ids, pad_id), widen(b.input_ids, pad_id)]),
+        torch.cat([widen(a.attention_mask, 0), widen(b.attention_mask, 0)]),
+        torch.cat([widen(a.labels, -100), widen(b.labels, -100)]),
+    )
+
+
 def forward_logits(model, batch: TokenBatch) -> torch.Tensor:
     """(B, T, V) logits; position t predicts token t+1."""
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

@@ -78,6 +78,14 @@ class Objective:
                 if self.retain is not None else None
             )
 
+    def add_unlearn(self, tokenizer, pairs: list[tuple[str, str]]) -> None:
+        """Extend the unlearning set (the base model's log-probabilities as reference)."""
+        extra = losses.tokenize_pairs(tokenizer, pairs, self.unlearn.input_ids.device)
+        with torch.no_grad(), use_state(None):
+            ref = losses.sequence_logprob(losses.forward_logits(self.model, extra), extra.labels)
+        self.unlearn = losses.concat(self.unlearn, extra, tokenizer.pad_token_id)
+        self.unlearn_ref = torch.cat([self.unlearn_ref, ref])
+
     @property
     def has_unlearn_term(self) -> bool:
         return self.unlearn is not None and not self.idk
@@ -155,22 +163,57 @@ def train_memory(
     params = state.parameters()
     opt = torch.optim.Adam(params, lr=trainer.learning_rate, weight_decay=trainer.weight_decay)
     mixed = multitask and objective.edit is not None and objective.has_unlearn_term
-    loss_value, converged, step = float("nan"), False, 0
+    total_steps = 0
+
+    def optimise(steps: int) -> tuple[float, bool]:
+        nonlocal total_steps
+        loss_value, converged = float("nan"), False
+        with use_state(state):
+            for step in range(1, steps + 1):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("update cancelled")
+                opt.zero_grad(set_to_none=True)
+                loss_value, done = _step(objective, params, trainer, mixed)
+                opt.step()
+                total_steps += 1
+                if progress is not None:
+                    progress(min(step, trainer.steps), trainer.steps)
+                if trainer.early_stop and done and step % trainer.check_every == 0:
+                    converged = True
+                    break
+        return loss_value, converged or _check(objective, state)
+
+    loss_value, converged = optimise(trainer.steps)
+    # Teacher forcing only checks the answer right after the prompt; an unlearned model may
+    # still say it after a few junk tokens. Generate, and train against every leak found.
+    for _ in range(trainer.verify_rounds if objective.has_unlearn_term else 0):
+        leaks = _leaks(model, tokenizer, state, task.unlearns)
+        if not leaks:
+            break
+        logger.info("unlearning leak in %d generations: training against them", len(leaks))
+        objective.add_unlearn(tokenizer, leaks)
+        loss_value, converged = optimise(trainer.steps)
+    return state.export(lora.rank, lora.alpha), TrainStats(total_steps, loss_value, converged)
+
+
+@torch.no_grad()
+def _leaks(model, tokenizer, state: TrainState, pairs: list[tuple[str, str]],
+           max_new_tokens: int = 16) -> list[tuple[str, str]]:
+    """(prompt + generated prefix, target) for each greedy output that still holds target."""
+    prompts = [p for p, _ in pairs]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     with use_state(state):
-        for step in range(1, trainer.steps + 1):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled("update cancelled")
-            opt.zero_grad(set_to_none=True)
-            loss_value, done = _step(objective, params, trainer, mixed)
-            opt.step()
-            if progress is not None:
-                progress(step, trainer.steps)
-            if trainer.early_stop and done and step % trainer.check_every == 0:
-                converged = True
-                break
-    if not converged:
-        converged = _check(objective, state)
-    return state.export(lora.rank, lora.alpha), TrainStats(step, loss_value, converged)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    leaks = []
+    for (prompt, target), text in zip(pairs, texts, strict=True):
+        cut = text.find(target.strip())
+        if cut >= 0:
+            prefix = text[:cut].rstrip(" ") if target.startswith(" ") else text[:cut]
+            leaks.append((prompt + prefix, target))
+    return leaks
 
 
 def _step(objective: Objective, params: list, trainer: TrainerSettings,
