@@ -22,7 +22,7 @@ import torch
 from memory_store import keys as keymod
 from memory_store import pieces_io
 from memory_store.config import LokaConfig
-from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound
+from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound, StoreError
 from memory_store.generation import Generator, RowPlan
 from memory_store.ids import is_memory_id, is_piece_id
 from memory_store.index import KeyIndex, retrieval_index
@@ -91,7 +91,11 @@ class AdapterCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        weights = load_adapter(self.root / adapter_dir)
+        try:
+            weights = load_adapter(self.root / adapter_dir)
+        except Exception as exc:  # missing or corrupted files: name them, never serve junk
+            raise StoreError(f"adapter of memory {memory_id} at {adapter_dir} is unreadable "
+                             f"({exc}); run `loka store check`") from exc
         with self._lock:
             self._items[key] = weights
             while len(self._items) > self.capacity:
@@ -176,8 +180,17 @@ class Loka:
                                 self.layout.hidden_size)
         gate = None
         if snap.gate_file and self.config.router.enabled:
-            gate = load_gate(self.store.root / snap.gate_file, self.layout.hidden_size,
-                             self.config.router.hidden)
+            try:
+                gate = load_gate(self.store.root / snap.gate_file, self.layout.hidden_size,
+                                 self.config.router.hidden)
+            except Exception as exc:
+                raise StoreError(f"router weights {snap.gate_file} of version {snap.version} "
+                                 f"are unreadable ({exc}); run `loka store check`") from exc
+        missing = [m.adapter_dir for m in snap.memories.values()
+                   if not (self.store.root / m.adapter_dir).is_dir()]
+        if missing:
+            raise StoreError(f"version {snap.version} names {len(missing)} missing adapter "
+                             f"folders (first: {missing[0]}); run `loka store check`")
         return _Live(snap, index, gate)
 
     # ------------------------------------------------------------------ properties

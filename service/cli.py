@@ -137,6 +137,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from memory_store.check import check_store
+
+    report = check_store(Path(args.store), all_versions=args.all_versions)
+    _emit({"ok": report.ok, **_jsonable(report)})
+    return 0 if report.ok else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     for name in ("host", "port", "store", "model"):
         value = getattr(args, name)
@@ -207,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("id")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("store", help="verify a store: hashes, index/metadata agreement")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--all-versions", action="store_true", help="check every version")
+    p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("serve", help="run the HTTP service (settings: LOKA_* variables)")
     p.add_argument("--host")
