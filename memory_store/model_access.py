@@ -81,6 +81,9 @@ def load_model(
     name_or_path: str | Path, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer with ``from_pretrained``; the model is frozen."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server's log is no place for per-load bars
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype))
     model.to(device)
