@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory_store.keys import _block_input, encode_batch, pool
+from memory_store.keys import encode_batch, install_key_hook, on_key_layer, pool
 from memory_store.lora import AdapterWeights, BatchState, LoraState, use_state
 from memory_store.model_access import ModelLayout, _get
 from memory_store.types import Route
 
 logger = logging.getLogger(__name__)
+
+MIN_TEMPERATURE = 1e-5
 
 # (n, d) raw pooled keys of the auto rows -> their routes and adapters
 RouterFn = Callable[[torch.Tensor], list[tuple[Route, AdapterWeights | None]]]
@@ -61,7 +63,7 @@ class _Deferred(LoraState):
 
 def _pick(logits: torch.Tensor, plan: RowPlan, gen: torch.Generator | None) -> int:
     """Next token for one row: greedy at temperature 0, else nucleus sampling."""
-    if plan.temperature <= 0:
+    if plan.temperature < MIN_TEMPERATURE:  # as vLLM: tiny temperatures are greedy
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / plan.temperature, -1)
     if plan.top_p < 1.0:
@@ -82,7 +84,7 @@ class Generator:
         self.layout = layout
         self.pooling = pooling
         self.single_pass = min(layout.lora_layers, default=layout.key_layer) >= layout.key_layer
-        self.block = _get(model, layout.blocks_path)[layout.key_layer]
+        install_key_hook(_get(model, layout.blocks_path)[layout.key_layer])
         self.eos = tokenizer.eos_token_id
 
     def generate(self, plans: Sequence[RowPlan], router: RouterFn) -> list[RowOutput]:
@@ -108,10 +110,9 @@ class Generator:
                 adapters[i] = adapter
             deferred.inner = BatchState(adapters, raw.dtype, raw.device)
 
-        def hook(_module, args, kwargs):
+        def route_here(hidden: torch.Tensor) -> None:
             if deferred.inner is None:
-                hidden = _block_input(args, kwargs)
-                rows = torch.tensor(auto_rows, dtype=torch.long)
+                rows = torch.tensor(auto_rows, dtype=torch.long, device=hidden.device)
                 decide(pool(hidden[rows], mask[rows], self.pooling))
 
         if not auto_rows:
@@ -121,14 +122,10 @@ class Generator:
 
             decide(raw_keys(self.model, self.tokenizer, self.layout,
                             [plans[i].prompt for i in auto_rows], self.pooling))
-        handle = self.block.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            with use_state(deferred):
-                out = self.model(**batch, use_cache=True)
-        finally:
-            handle.remove()
+        with use_state(deferred), on_key_layer(route_here):
+            out = self.model(**batch, use_cache=True)
         yield outs
-        gens = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None
+        gens = [torch.Generator().manual_seed(p.seed % 2**63) if p.seed is not None else None
                 for p in plans]
         yield from self._decode(plans, outs, deferred, out, batch, gens)
 

@@ -8,7 +8,9 @@ blocks below the key layer: a pre-hook stops the forward there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +21,43 @@ from memory_store.model_access import ModelLayout, _get
 
 class _Stop(Exception):
     pass
+
+
+_TOKENIZER_LOCK = threading.Lock()
+_hook_local = threading.local()
+
+
+def tokenize(tokenizer, *args, **kwargs):
+    """Call a (fast) tokenizer under a process-wide lock: its Rust backend mutates padding
+    state on every call and raises "Already borrowed" when two threads meet there."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(*args, **kwargs)
+
+
+def _key_block_hook(_module, args, kwargs):
+    handler = getattr(_hook_local, "handler", None)
+    if handler is not None:
+        handler(_block_input(args, kwargs))
+
+
+def install_key_hook(block: nn.Module) -> None:
+    """Install (once) the pre-hook through which key computation and in-prefill routing read
+    the key layer's input. It does nothing unless *this thread* registered a handler, so
+    forwards in other threads (training, other requests) never see it."""
+    if not getattr(block, "_loka_key_hook", False):
+        block.register_forward_pre_hook(_key_block_hook, with_kwargs=True)
+        block._loka_key_hook = True
+
+
+@contextlib.contextmanager
+def on_key_layer(handler: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Call ``handler(hidden)`` with the key block's input during forwards of this thread."""
+    previous = getattr(_hook_local, "handler", None)
+    _hook_local.handler = handler
+    try:
+        yield
+    finally:
+        _hook_local.handler = previous
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -42,8 +81,8 @@ def _block_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 def encode_batch(model: nn.Module, tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     """Tokenise with left padding and matching position ids (as generation does)."""
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    enc = tokenize(tokenizer, list(prompts), return_tensors="pt", padding=True,
+                   padding_side="left")
     mask = enc["attention_mask"]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     device = next(model.parameters()).device
@@ -58,23 +97,18 @@ def encode_batch(model: nn.Module, tokenizer, prompts: Sequence[str]) -> dict[st
 def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
              pooling: str = "mean", batch_size: int = 64) -> torch.Tensor:
     """(N, d) pooled hidden states at the key layer, before centring."""
-    block = _get(model, layout.blocks_path)[layout.key_layer]
+    install_key_hook(_get(model, layout.blocks_path)[layout.key_layer])
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])
         captured: list[torch.Tensor] = []
 
-        def hook(_module, args, kwargs, captured=captured):
-            captured.append(_block_input(args, kwargs))
-            raise _Stop
+        def stop_here(hidden: torch.Tensor, captured=captured) -> None:
+            captured.append(hidden)
+            raise _Stop  # the blocks above the key layer are not needed
 
-        handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        with on_key_layer(stop_here), contextlib.suppress(_Stop):
             model(**batch, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
         out.append(pool(captured[0], batch["attention_mask"], pooling).cpu())
     if not out:
         return torch.zeros(0, layout.hidden_size)

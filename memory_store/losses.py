@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from memory_store.keys import tokenize
+
 
 @dataclass
 class TokenBatch:
@@ -29,8 +31,8 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.
     target appended without (and ended by EOS when ``eos``)."""
     seqs, labels = [], []
     for prompt, target in pairs:
-        p = tokenizer(prompt)["input_ids"]
-        t = tokenizer(target, add_special_tokens=False)["input_ids"] if target else []
+        p = tokenize(tokenizer, prompt)["input_ids"]
+        t = tokenize(tokenizer, target, add_special_tokens=False)["input_ids"] if target else []
         if eos and t and tokenizer.eos_token_id is not None:
             t = t + [tokenizer.eos_token_id]
         seqs.append(p + t)

@@ -17,6 +17,7 @@ import torch
 from memory_store import losses
 from memory_store.config import ConflictSettings, LoraSettings, TrainerSettings
 from memory_store.errors import Cancelled
+from memory_store.keys import tokenize
 from memory_store.lora import AdapterWeights, TrainState, init_adapter, use_state
 from memory_store.model_access import ModelLayout
 
@@ -201,8 +202,8 @@ def _leaks(model, tokenizer, state: TrainState, pairs: list[tuple[str, str]],
            max_new_tokens: int = 16) -> list[tuple[str, str]]:
     """(prompt + generated prefix, target) for each greedy output that still holds target."""
     prompts = [p for p, _ in pairs]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    enc = tokenize(tokenizer, prompts, return_tensors="pt", padding=True,
+                   padding_side="left").to(model.device)
     with use_state(state):
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)

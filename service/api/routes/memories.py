@@ -1,0 +1,54 @@
+"""Memories of the codebook: list, inspect (pieces, kind, conflict decision, key stats), delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from memory_store.ids import is_memory_id
+from service.api.deps import AdminAuth, ApiAuth, EngineDep
+from service.errors import not_found
+from service.schemas import ChangeResult, MemoryDetail, MemoryList, MemoryOut, PieceOut
+
+router = APIRouter(prefix="/v1/memories", tags=["memories"])
+
+
+def checked_memory_id(memory_id: str) -> str:
+    """``memory_id`` if it has the form of a memory id; a 404 otherwise."""
+    if not is_memory_id(memory_id):
+        raise not_found(f"no memory {memory_id[:64]!r} (memory ids look like mem_<digits>)")
+    return memory_id
+
+
+@router.get("", dependencies=[ApiAuth])
+async def list_memories(engine: EngineDep) -> MemoryList:
+    """Every memory of the current codebook version."""
+
+    def run() -> MemoryList:
+        version = engine.version
+        return MemoryList(
+            codebook_version=version, memories=[MemoryOut.of(m) for m in engine.memories()]
+        )
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/{memory_id}", dependencies=[ApiAuth])
+async def get_memory(memory_id: str, engine: EngineDep) -> MemoryDetail:
+    """One memory with its pieces, kind, conflict decision and key similarity stats."""
+    memory_id = checked_memory_id(memory_id)
+
+    def run() -> MemoryDetail:
+        memory = engine.memory(memory_id)
+        pieces = [PieceOut.of(engine.piece(p)) for p in memory.piece_ids]
+        return MemoryDetail(**MemoryOut.of(memory).model_dump(), pieces=pieces)
+
+    return await run_in_threadpool(run)
+
+
+@router.delete("/{memory_id}", dependencies=[AdminAuth])
+async def delete_memory(memory_id: str, engine: EngineDep) -> ChangeResult:
+    """Drop a memory and its pieces; publishes a new codebook version."""
+    memory_id = checked_memory_id(memory_id)
+    result = await run_in_threadpool(engine.delete_memory, memory_id)
+    return ChangeResult.of(result)

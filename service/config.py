@@ -1,0 +1,79 @@
+"""Settings of the HTTP service, read from ``LOKA_*`` environment variables.
+
+Every field maps to one variable: ``model`` <- ``LOKA_MODEL``, ``store_dir`` <- ``LOKA_STORE_DIR``,
+``admin_token`` <- ``LOKA_ADMIN_TOKEN``, ... Invalid values raise ``pydantic.ValidationError``
+naming the field when the service starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of LOKA Serve (the method's settings live in the store's ``LokaConfig``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOKA_", extra="ignore", frozen=True)
+
+    # -- model and store --------------------------------------------------------------------
+    # path or hub id of a causal LM; None = the built-in default model
+    model: str | None = None
+    store_dir: Path = Path("data/store")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+    # -- server -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # -- auth: None (unset or empty) = open -------------------------------------------------
+    # required by every endpoint that changes knowledge (updates, deletes, rollback, cancel)
+    admin_token: SecretStr | None = None
+    # required by generation and knowledge reads; the admin token is accepted there too
+    api_token: SecretStr | None = None
+
+    # -- request limits (422 beyond them, 413 for the body size) ----------------------------
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(4_000, ge=1)
+    max_prompt_tokens: int = Field(1_024, ge=1)
+    max_new_tokens: int = Field(512, ge=1)
+    max_stop_sequences: int = Field(8, ge=0)
+    max_target_chars: int = Field(2_000, ge=1)
+    max_pieces_per_update: int = Field(1_000, ge=1)
+    max_paraphrases: int = Field(32, ge=0)
+    max_retain: int = Field(1_000, ge=0)
+    max_train_steps: int = Field(2_000, ge=1)
+    max_prompts_per_request: int = Field(16, ge=1)  # list prompts of /v1/completions
+    max_chat_messages: int = Field(256, ge=1)
+
+    # -- generation -------------------------------------------------------------------------
+    # requests arriving together are generated as one mixed batch (per-row routing)
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=1_000.0)
+
+    # -- jobs -------------------------------------------------------------------------------
+    # a job interrupted by this many restarts while running is failed instead of re-run
+    job_max_attempts: int = Field(3, ge=1)
+
+    @field_validator("model", "admin_token", "api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (``LOKA_ADMIN_TOKEN=``) means "not set"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> Settings:
+        if (
+            self.admin_token is not None
+            and self.api_token is not None
+            and self.admin_token.get_secret_value() == self.api_token.get_secret_value()
+        ):
+            raise ValueError("api_token: must differ from admin_token")
+        return self

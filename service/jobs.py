@@ -1,0 +1,420 @@
+"""Knowledge-changing jobs: persisted in the store's SQLite, run one at a time, FIFO.
+
+A job accepted with 202 is a row of ``service_jobs`` before the response is sent, so it survives
+a restart: queued jobs run after the restart and a job that was running is re-run from the start
+(up to ``max_attempts`` interruptions, then it is failed). One worker thread in the server
+process executes the jobs; cancellation and shutdown reach a running job through the engine's
+``should_cancel`` callback. Progress is kept in memory and written to the row every half second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from memory_store.errors import Cancelled, ConflictError, LokaError, NotFound
+from memory_store.types import PieceKind, PieceSpec, RetainSpec, UpdateOptions, UpdateResult
+
+if TYPE_CHECKING:
+    from memory_store import Loka
+
+logger = logging.getLogger(__name__)
+
+JobKind = Literal["update", "delete_piece"]
+FINISHED = ("succeeded", "failed", "cancelled")
+_PROGRESS_WRITE_S = 0.5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS service_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT 'queued',
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS service_jobs_status ON service_jobs (status, seq);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job row."""
+
+    id: str
+    kind: JobKind
+    status: str
+    payload: dict[str, Any]
+    stage: str
+    step: int
+    total: int
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+def new_job_id() -> str:
+    """A fresh job id: ``job_`` + 32 hex digits."""
+    return f"job_{uuid.uuid4().hex}"
+
+
+def update_payload(
+    pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec], options: UpdateOptions
+) -> dict[str, Any]:
+    """The JSON payload of an update job."""
+    return {
+        "pieces": [
+            {"kind": str(p.kind), "prompt": p.prompt, "target": p.target,
+             "paraphrases": list(p.paraphrases)}
+            for p in pieces
+        ],
+        "retain": [{"prompt": r.prompt, "target": r.target} for r in retain],
+        "options": asdict(options),
+    }
+
+
+def _decode_update(payload: dict[str, Any]) -> tuple[list[PieceSpec], list[RetainSpec],
+                                                      UpdateOptions]:
+    pieces = [
+        PieceSpec(kind=PieceKind(p["kind"]), prompt=p["prompt"], target=p["target"],
+                  paraphrases=tuple(p["paraphrases"]))
+        for p in payload["pieces"]
+    ]
+    retain = [RetainSpec(prompt=r["prompt"], target=r["target"]) for r in payload["retain"]]
+    return pieces, retain, UpdateOptions(**payload["options"])
+
+
+def _result_dict(r: UpdateResult) -> dict[str, Any]:
+    return {
+        "codebook_version": r.codebook_version,
+        "memories_created": list(r.memories_created),
+        "memories_updated": list(r.memories_updated),
+        "memories_removed": list(r.memories_removed),
+        "pieces_added": list(r.pieces_added),
+        "pieces_removed": list(r.pieces_removed),
+    }
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        kind=row["kind"],
+        status=row["status"],
+        payload=json.loads(row["payload"]),
+        stage=row["stage"],
+        step=row["step"],
+        total=row["total"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        cancel_requested=bool(row["cancel_requested"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class JobQueue:
+    """A SQLite-persisted FIFO of knowledge changes with one worker thread."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        engine: Loka,
+        *,
+        max_attempts: int = 3,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._max_attempts = max_attempts
+        self._on_finished = on_finished
+        self._db = sqlite3.connect(
+            str(db_path), timeout=30.0, check_same_thread=False, isolation_level=None
+        )
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()  # guards the connection and the fields below
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._cancel_running = threading.Event()
+        self._running_id: str | None = None
+        self._live: tuple[str, int, int] | None = None  # progress of the running job
+        self._last_write = 0.0
+        self._thread: threading.Thread | None = None
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover jobs interrupted by a stop, then start the worker."""
+        self._recover()
+        self._thread = threading.Thread(target=self._work, name="loka-jobs", daemon=True)
+        self._thread.start()
+        self._wakeup.set()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the worker; a running job is cancelled and queued again. True if it stopped."""
+        self._stopping.set()
+        self._wakeup.set()
+        stopped = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            stopped = not self._thread.is_alive()
+            if not stopped:
+                logger.warning("job worker still busy after %.0f s; its job re-runs on restart",
+                               timeout)
+        if stopped:
+            with self._lock:
+                self._db.close()
+        return stopped
+
+    def _recover(self) -> None:
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE service_jobs SET status='cancelled', finished_at=?, stage='cancelled' "
+                "WHERE status='running' AND cancel_requested=1",
+                (now,),
+            )
+            cancelled = cur.rowcount
+            cur = self._db.execute(
+                "UPDATE service_jobs SET status='failed', finished_at=?, stage='failed', "
+                "error=? WHERE status='running' AND attempts>=?",
+                (now, "interrupted by a restart too many times", self._max_attempts),
+            )
+            failed = cur.rowcount
+            cur = self._db.execute(
+                "UPDATE service_jobs SET status='queued', stage='queued', step=0, total=0, "
+                "started_at=NULL WHERE status='running'"
+            )
+            requeued = cur.rowcount
+        if cancelled or failed or requeued:
+            logger.info("jobs interrupted by the last stop: %d re-queued, %d failed, "
+                        "%d cancelled", requeued, failed, cancelled)
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def submit(self, kind: JobKind, payload: dict[str, Any]) -> Job:
+        """Persist a queued job and wake the worker."""
+        job_id = new_job_id()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO service_jobs (id, kind, status, payload, created_at) "
+                "VALUES (?, ?, 'queued', ?, ?)",
+                (job_id, kind, json.dumps(payload), time.time()),
+            )
+        self._wakeup.set()
+        logger.info("job %s (%s) queued", job_id, kind)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id`` (NotFound if unknown)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM service_jobs WHERE id=?", (job_id,)).fetchone()
+            live = self._live if job_id == self._running_id else None
+        if row is None:
+            raise NotFound(f"no job {job_id}", field="id")
+        job = _row_to_job(row)
+        if live is not None and job.status == "running":
+            job = replace(job, stage=live[0], step=live[1], total=live[2])
+        return job
+
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs, newest first, optionally of one status."""
+        query = "SELECT * FROM service_jobs"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            query += " WHERE status=?"
+            args = (status,)
+        query += " ORDER BY seq DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+            running, live = self._running_id, self._live
+        jobs = [_row_to_job(r) for r in rows]
+        return [
+            replace(j, stage=live[0], step=live[1], total=live[2])
+            if live is not None and j.id == running and j.status == "running" else j
+            for j in jobs
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) AS n FROM service_jobs GROUP BY status"
+            ).fetchall()
+        return {r["status"]: r["n"] for r in rows}
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or ask a running one to stop (it ends ``cancelled``).
+
+        Raises NotFound for an unknown id and ConflictError for a finished job.
+        """
+        now = time.time()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status FROM service_jobs WHERE id=?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}", field="id")
+            status = row["status"]
+            if status in FINISHED:
+                raise ConflictError(f"job {job_id} already {status}")
+            if status == "queued":
+                self._db.execute(
+                    "UPDATE service_jobs SET status='cancelled', stage='cancelled', "
+                    "cancel_requested=1, finished_at=? WHERE id=?",
+                    (now, job_id),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE service_jobs SET cancel_requested=1 WHERE id=?", (job_id,)
+                )
+                if self._running_id == job_id:
+                    self._cancel_running.set()
+        logger.info("job %s: cancel requested (was %s)", job_id, status)
+        job = self.get(job_id)
+        if status == "queued" and self._on_finished is not None:
+            self._on_finished(job)
+        return job
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _claim(self) -> Job | None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT * FROM service_jobs WHERE status='queued' ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE service_jobs SET status='running', stage='starting', "
+                        "started_at=?, attempts=attempts+1 WHERE id=?",
+                        (time.time(), row["id"]),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if row is None:
+                return None
+            self._running_id = row["id"]
+            self._live = ("starting", 0, 0)
+            self._last_write = 0.0
+            self._cancel_running.clear()
+            row = self._db.execute("SELECT * FROM service_jobs WHERE id=?",
+                                   (row["id"],)).fetchone()
+        return _row_to_job(row)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._claim()
+            except sqlite3.Error:
+                logger.exception("job queue: cannot read the jobs table")
+                job = None
+                self._stopping.wait(5.0)
+            if job is None:
+                self._wakeup.wait(1.0)
+                self._wakeup.clear()
+                continue
+            self._run(job)
+
+    def _progress(self, stage: str, step: int, total: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            previous = self._live
+            self._live = (stage, int(step), int(total))
+            write = (previous is None or previous[0] != stage
+                     or now - self._last_write >= _PROGRESS_WRITE_S)
+            if write and self._running_id is not None:
+                self._last_write = now
+                self._db.execute(
+                    "UPDATE service_jobs SET stage=?, step=?, total=? WHERE id=?",
+                    (stage, int(step), int(total), self._running_id),
+                )
+
+    def _should_cancel(self) -> bool:
+        return self._cancel_running.is_set() or self._stopping.is_set()
+
+    def _execute(self, job: Job) -> UpdateResult:
+        if job.kind == "update":
+            pieces, retain, options = _decode_update(job.payload)
+            return self._engine.update(pieces, retain, options, progress=self._progress,
+                                       should_cancel=self._should_cancel)
+        if job.kind == "delete_piece":
+            return self._engine.delete_piece(job.payload["piece_id"], progress=self._progress,
+                                             should_cancel=self._should_cancel)
+        raise LokaError(f"unknown job kind {job.kind!r}")
+
+    def _run(self, job: Job) -> None:
+        logger.info("job %s (%s) started, attempt %d", job.id, job.kind, job.attempts)
+        status, result, error = "failed", None, None
+        try:
+            result = _result_dict(self._execute(job))
+            status = "succeeded"
+        except Cancelled:
+            if self._stopping.is_set() and not self._cancel_running.is_set():
+                self._requeue(job.id)
+                return
+            status = "cancelled"
+        except LokaError as exc:
+            error = f"{exc.type}: {exc.message}"
+        except Exception as exc:  # a job must never kill the worker
+            logger.exception("job %s crashed", job.id)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        self._finish(job.id, status, result, error)
+
+    def _requeue(self, job_id: str) -> None:
+        # a graceful stop is not a crash: the attempt does not count
+        with self._lock:
+            self._db.execute(
+                "UPDATE service_jobs SET status='queued', stage='queued', step=0, total=0, "
+                "started_at=NULL, attempts=MAX(attempts-1, 0) WHERE id=?",
+                (job_id,),
+            )
+            self._running_id, self._live = None, None
+        logger.info("job %s interrupted by shutdown; queued again", job_id)
+
+    def _finish(self, job_id: str, status: str, result: dict | None, error: str | None) -> None:
+        with self._lock:
+            stage, step, total = self._live or (status, 0, 0)
+            if status == "succeeded":
+                stage, step = "done", total
+            elif status != "running":
+                stage = status
+            self._db.execute(
+                "UPDATE service_jobs SET status=?, result=?, error=?, stage=?, step=?, total=?, "
+                "finished_at=? WHERE id=?",
+                (status, json.dumps(result) if result is not None else None, error, stage,
+                 step, total, time.time(), job_id),
+            )
+            self._running_id, self._live = None, None
+        logger.info("job %s %s%s", job_id, status, f": {error}" if error else "")
+        if self._on_finished is not None:
+            try:
+                self._on_finished(self.get(job_id))
+            except Exception:  # metrics must not break the queue
+                logger.exception("job listener failed")

@@ -1,0 +1,71 @@
+"""Request limits that come from the settings (counts and lengths), as 422s naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.config import Settings
+from service.errors import invalid
+from service.schemas import UpdateRequest
+
+MAX_STOP_CHARS = 200
+# temperatures below this sample greedily (as vLLM does): dividing logits by ~0 overflows
+GREEDY_BELOW = 1e-5
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature handed to the engine: 0 (greedy) for values too small to divide by."""
+    return 0.0 if temperature < GREEDY_BELOW else temperature
+
+
+def check_text(settings: Settings, field: str, text: str, max_chars: int | None = None) -> None:
+    """Reject a text longer than ``max_chars`` (default: the prompt limit)."""
+    limit = settings.max_prompt_chars if max_chars is None else max_chars
+    if len(text) > limit:
+        raise invalid(field, f"at most {limit} characters (got {len(text)})")
+
+
+def check_generation(
+    settings: Settings, max_new_tokens: int, stop: Sequence[str], tokens_field: str
+) -> None:
+    """Reject a token budget above the cap and too many or too long stop sequences."""
+    if max_new_tokens > settings.max_new_tokens:
+        raise invalid(tokens_field, f"at most {settings.max_new_tokens} (got {max_new_tokens})")
+    if len(stop) > settings.max_stop_sequences:
+        raise invalid("stop", f"at most {settings.max_stop_sequences} stop sequences")
+    for i, s in enumerate(stop):
+        check_text(settings, f"stop.{i}", s, MAX_STOP_CHARS)
+
+
+def check_update(settings: Settings, body: UpdateRequest) -> None:
+    """Counts and lengths of an update; at least one edit or unlearn piece."""
+    n = len(body.edits) + len(body.unlearn)
+    if n == 0:
+        raise invalid("edits", "an update needs at least one edit or unlearn piece")
+    if n > settings.max_pieces_per_update:
+        raise invalid(
+            "edits" if body.edits else "unlearn",
+            f"at most {settings.max_pieces_per_update} edit and unlearn pieces per update "
+            f"(got {n})",
+        )
+    if len(body.retain) > settings.max_retain:
+        raise invalid(
+            "retain", f"at most {settings.max_retain} retain prompts (got {len(body.retain)})"
+        )
+    for name, pieces in (("edits", body.edits), ("unlearn", body.unlearn)):
+        for i, p in enumerate(pieces):
+            check_text(settings, f"{name}.{i}.prompt", p.prompt)
+            check_text(settings, f"{name}.{i}.target", p.target, settings.max_target_chars)
+            if len(p.paraphrases) > settings.max_paraphrases:
+                raise invalid(
+                    f"{name}.{i}.paraphrases",
+                    f"at most {settings.max_paraphrases} paraphrases (got {len(p.paraphrases)})",
+                )
+            for j, q in enumerate(p.paraphrases):
+                check_text(settings, f"{name}.{i}.paraphrases.{j}", q)
+    for i, r in enumerate(body.retain):
+        check_text(settings, f"retain.{i}.prompt", r.prompt)
+        check_text(settings, f"retain.{i}.target", r.target, settings.max_target_chars)
+    steps = body.options.steps
+    if steps is not None and steps > settings.max_train_steps:
+        raise invalid("options.steps", f"at most {settings.max_train_steps} (got {steps})")

@@ -1,0 +1,134 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; the lifespan loads the model.
+
+The engine (``Loka.open``: base model, tokenizer, store) is loaded in a background thread when
+the app starts, so the server answers at once: ``/health`` and ``/ready`` say 503 until the
+engine, the job queue and the generator are ready. Nothing heavy happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from memory_store import Loka
+from service import __version__
+from service.api.routes import (
+    codebook,
+    generate,
+    health,
+    jobs,
+    knowledge,
+    memories,
+    metrics,
+    openai,
+    updates,
+)
+from service.body_limit import BodyLimitMiddleware
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.generation import Generator
+from service.jobs import Job, JobQueue
+from service.metrics import Metrics, MetricsMiddleware
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+
+def _on_job_finished(state: ServiceState, job: Job) -> None:
+    seconds = None
+    if job.started_at is not None and job.finished_at is not None:
+        seconds = job.finished_at - job.started_at
+    state.metrics.observe_job(job.kind, job.status, seconds)
+
+
+def _load(state: ServiceState) -> None:
+    """Open the engine and start the job worker and the generator (runs in a thread)."""
+    settings = state.settings
+    try:
+        started = time.perf_counter()
+        logger.info(
+            "loading model %s with store %s", settings.model or "(built-in default)",
+            settings.store_dir,
+        )
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        engine = Loka.open(
+            settings.store_dir, model=settings.model, dtype=settings.dtype,
+            device=settings.device,
+        )
+        if state.closing:
+            engine.close()
+            return
+        state.engine = engine
+        job_queue = JobQueue(
+            engine.db_path, engine, max_attempts=settings.job_max_attempts,
+            on_finished=lambda job: _on_job_finished(state, job),
+        )
+        job_queue.start()
+        state.jobs = job_queue
+        state.generator = Generator(
+            engine, state.metrics, max_prompt_tokens=settings.max_prompt_tokens,
+            max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
+        )
+        logger.info(
+            "ready: model %s, codebook version %d (%.1f s)", engine.model_name, engine.version,
+            time.perf_counter() - started,
+        )
+    except BaseException as exc:
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        logger.exception("loading the engine failed")
+        if state.on_load_failed is not None:
+            state.on_load_failed(exc)
+    finally:
+        state.loaded.set()
+
+
+def _shutdown(state: ServiceState) -> None:
+    state.closing = True
+    # the loader may still be inside Loka.open: wait for it so the engine is closed cleanly
+    state.loaded.wait(60.0)
+    worker_stopped = True
+    if state.jobs is not None:
+        worker_stopped = state.jobs.stop(timeout=30.0)
+    if state.generator is not None:
+        state.generator.close()
+    if state.engine is not None and worker_stopped:
+        state.engine.close()
+    logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the engine loads in the background once the app starts."""
+    settings = settings or Settings()
+    # the lambda reads ``state`` at scrape time, after it is bound below
+    metrics_ = Metrics(lambda: (state.engine, state.jobs))
+    state = ServiceState(settings=settings, metrics=metrics_)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = threading.Thread(target=_load, args=(state,), name="loka-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(_shutdown, state)
+
+    app = FastAPI(
+        title="LOKA Serve",
+        version=__version__,
+        summary="Edit and unlearn facts in a frozen causal LM with a codebook of LoRA memories.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees the 413s
+    for module in (health, generate, openai, updates, jobs, memories, knowledge, codebook,
+                   metrics):
+        app.include_router(module.router)
+    return app
