@@ -20,6 +20,9 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/loka serve
 
+bench-small: $(STAMP)
+	$(BIN)/loka bench run --suite all --scale small --jobs 2
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from memory_store.errors import LokaError
 from memory_store.index import KeyIndex
 from memory_store.lora import adapter_hash, load_adapter
-from memory_store.store import DB_NAME, Store
+from memory_store.store import DB_NAME, Store, connect_read_only
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -39,24 +41,32 @@ def check_store(root: Path, dim: int | None = None, all_versions: bool = False) 
         report.problems.append(f"no {DB_NAME} in {root}: not a LOKA store")
         return report
     try:
-        with sqlite3.connect(f"file:{root / DB_NAME}?mode=ro", uri=True) as db:
-            result = db.execute("PRAGMA integrity_check").fetchone()[0]
-            if result != "ok":
-                report.problems.append(f"sqlite integrity_check: {result}")
-                return report
-            if dim is None:
-                row = db.execute("SELECT length(key) FROM memories LIMIT 1").fetchone()
-                dim = (row[0] // 4) if row else 1
+        db = connect_read_only(root)
+    except LokaError as exc:
+        report.problems.append(exc.message)
+        return report
+    try:
+        result = db.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            report.problems.append(f"{DB_NAME}: sqlite integrity_check: {result}")
+            return report
+        if dim is None:
+            row = db.execute("SELECT length(key) FROM memories LIMIT 1").fetchone()
+            dim = (row[0] // 4) if row else 1
     except sqlite3.Error as exc:
         report.problems.append(f"cannot read {DB_NAME}: {exc}")
         return report
+    finally:
+        db.close()
     try:
-        store = Store(root)
+        store = Store(root, read_only=True)
     except LokaError as exc:
         report.problems.append(exc.message)
         return report
     try:
         _check_versions(store, dim, all_versions, report)
+    except LokaError as exc:
+        report.problems.append(exc.message)
     finally:
         store.close()
     return report
@@ -69,21 +79,19 @@ def _check_versions(store: Store, dim: int, all_versions: bool, report: CheckRep
         report.problems.append(f"head names version {report.head}, which was never published")
         return
     versions = published if all_versions else ([report.head] if report.head else [])
-    hashed: dict[str, str] = {}
+    hashed: dict[str, str | None] = {}  # adapter folder -> hash, None if unreadable
     for version in versions:
         snap = store.snapshot(version, dim)
         report.versions_checked.append(version)
         for m in snap.memories.values():
-            path = store.root / m.adapter_dir
             if m.adapter_dir not in hashed:
-                try:
-                    hashed[m.adapter_dir] = adapter_hash(load_adapter(path))
-                    report.adapters_checked += 1
-                except Exception as exc:  # any unreadable file is a finding, not a crash
-                    hashed[m.adapter_dir] = f"unreadable: {exc}"
-            if hashed[m.adapter_dir] != m.content_hash:
-                report.problems.append(f"v{version}: memory {m.id} adapter {m.adapter_dir}: "
-                                       f"hash {hashed[m.adapter_dir]} != {m.content_hash}")
+                hashed[m.adapter_dir] = _adapter_hash(store.root, m.adapter_dir, version, m.id,
+                                                      report)
+            found = hashed[m.adapter_dir]
+            if found is not None and found != m.content_hash:
+                report.problems.append(
+                    f"v{version}: memory {m.id}: {m.adapter_dir}/{ADAPTER_WEIGHTS} does not "
+                    f"match the memory's content hash ({found} != {m.content_hash})")
         for p in snap.pieces.values():
             if p.memory_id not in snap.memories:
                 report.problems.append(f"v{version}: piece {p.id} names missing memory "
@@ -92,6 +100,24 @@ def _check_versions(store: Store, dim: int, all_versions: bool, report: CheckRep
         _check_file(store.root, snap.index_file, f"v{version} index", report,
                     lambda path, n=n_keys, s=snap: _index_count(path, n, len(s.memories)))
         _check_file(store.root, snap.gate_file, f"v{version} gate", report, _gate_loads)
+
+
+def _adapter_hash(root: Path, adapter_dir: str, version: int, memory_id: str,
+                  report: CheckReport) -> str | None:
+    """The content hash of an adapter folder; None (and a problem) if it cannot be read."""
+    path = root / adapter_dir
+    if not path.is_dir():
+        report.problems.append(f"v{version}: memory {memory_id}: missing adapter folder "
+                               f"{adapter_dir}")
+        return None
+    try:
+        digest = adapter_hash(load_adapter(path))
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        report.problems.append(f"v{version}: memory {memory_id}: adapter {adapter_dir} is "
+                               f"unreadable ({type(exc).__name__}: {exc})")
+        return None
+    report.adapters_checked += 1
+    return digest
 
 
 def _check_file(root: Path, name: str | None, what: str, report: CheckReport, verify) -> None:

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +24,10 @@ from memory_store import keys as keymod
 from memory_store import pieces_io
 from memory_store.config import LokaConfig
 from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound, StoreError
-from memory_store.generation import Generator, RowPlan
+from memory_store.generation import Generator, RowPlan, RunningBatch
 from memory_store.ids import is_memory_id, is_piece_id
 from memory_store.index import KeyIndex, retrieval_index
-from memory_store.lora import AdapterWeights, inject, load_adapter
+from memory_store.lora import AdapterWeights, adapter_hash, inject, load_adapter
 from memory_store.model_access import describe, fingerprint, load_model
 from memory_store.router import Gate, load_gate
 from memory_store.store import Snapshot, Store
@@ -38,6 +39,7 @@ from memory_store.types import (
     Piece,
     PieceSpec,
     ProgressCallback,
+    PublishRecord,
     RetainSpec,
     Route,
     UpdateOptions,
@@ -96,6 +98,10 @@ class AdapterCache:
         except Exception as exc:  # missing or corrupted files: name them, never serve junk
             raise StoreError(f"adapter of memory {memory_id} at {adapter_dir} is unreadable "
                              f"({exc}); run `loka store check`") from exc
+        # a flipped bit in the weights still loads: only the content hash tells
+        if adapter_hash(weights) != content_hash:
+            raise StoreError(f"adapter of memory {memory_id} at {adapter_dir} does not match "
+                             "its content hash (a corrupted file); run `loka store check`")
         with self._lock:
             self._items[key] = weights
             while len(self._items) > self.capacity:
@@ -104,6 +110,40 @@ class AdapterCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class ServingBatch:
+    """Continuous batching on the engine (``memory_store.generation.RunningBatch``): requests
+    join between decoding steps, each routed on the codebook version live when it joins, and
+    leave as soon as they finish. One caller at a time."""
+
+    def __init__(self, loka: Loka) -> None:
+        self._loka = loka
+        self._rows = RunningBatch(loka.generator)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def can_join(self) -> bool:
+        return self._rows.can_join
+
+    def add(self, requests: Sequence[GenerationRequest], tags: Sequence[Any]) -> None:
+        """Validate, route and prefill ``requests`` (``tags`` name them in ``step``'s results).
+        Raises as ``generate`` does; then none of them joined."""
+        loka = self._loka
+        live = loka._live
+        plans = loka._plans(live, requests)
+        if plans:
+            self._rows.add(plans, loka._router_fn(live), [(live, t) for t in tags])
+
+    def step(self) -> list[tuple[Any, GenerationResult]]:
+        """One token for every running request; the (tag, result) of those that finished."""
+        return [(tag, self._loka._result(live, row)) for (live, tag), row in self._rows.step()]
+
+    def tags(self) -> list[Any]:
+        """Tags of the running requests."""
+        return [tag for _, tag in self._rows.tags()]
 
 
 class Loka:
@@ -144,12 +184,17 @@ class Loka:
             model = ensure_default_model(progress=progress)
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
-        hf_model, tokenizer = load_model(model, dtype=dtype, device=device)
+        # the store first: a read-only, full or corrupted store fails before a long model load
+        store = Store(Path(store_dir))
+        try:
+            hf_model, tokenizer = load_model(model, dtype=dtype, device=device)
+        except BaseException:
+            store.close()
+            raise
         if threads is None and hf_model.num_parameters() < SMALL_MODEL_PARAMS:
             threads = 1
         if threads is not None:
             torch.set_num_threads(threads)
-        store = Store(Path(store_dir))
         fp = fingerprint(hf_model)
         stored_fp = store.get_meta("model_fingerprint")
         if stored_fp is None:
@@ -293,6 +338,10 @@ class Loka:
         rows = self.generator.generate(plans, self._router_fn(live))
         return [self._result(live, r) for r in rows]
 
+    def batch(self) -> ServingBatch:
+        """A continuous batch for a serving loop: requests join between decoding steps."""
+        return ServingBatch(self)
+
     def generate_stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
         """Yield text deltas; the last chunk carries the full result."""
         live = self._live
@@ -392,17 +441,24 @@ class Loka:
 
     def update(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = (),
                options: UpdateOptions | None = None, progress: ProgressCallback | None = None,
-               should_cancel: CancelCheck | None = None) -> UpdateResult:
-        """Apply a batch of edits and unlearning requests; publishes one new version."""
+               should_cancel: CancelCheck | None = None,
+               on_publish: PublishRecord | None = None) -> UpdateResult:
+        """Apply a batch of edits and unlearning requests; publishes one new version.
+
+        ``on_publish(result)`` returns SQL statements on the caller's own tables of ``db_path``
+        that are committed in the transaction that publishes the version (a job marked done
+        together with its effect, so that a crash can never leave one without the other)."""
         from memory_store.updater import Updater
 
         pieces_io.validate(pieces, retain)
         with self._write_lock:
-            plan = Updater(self, self._live.snapshot, options, progress, should_cancel)
+            plan = Updater(self, self._live.snapshot, options, progress, should_cancel,
+                           on_publish)
             return self._commit(plan.apply(pieces, retain), plan)
 
     def delete_piece(self, piece_id: str, progress: ProgressCallback | None = None,
-                     should_cancel: CancelCheck | None = None) -> UpdateResult:
+                     should_cancel: CancelCheck | None = None,
+                     on_publish: PublishRecord | None = None) -> UpdateResult:
         """Revert one piece: its memory is retrained without it (or dropped if emptied)."""
         from memory_store.updater import Updater
 
@@ -410,7 +466,7 @@ class Loka:
             snap = self._live.snapshot
             if not is_piece_id(piece_id) or piece_id not in snap.pieces:
                 raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
-            plan = Updater(self, snap, None, progress, should_cancel)
+            plan = Updater(self, snap, None, progress, should_cancel, on_publish)
             return self._commit(plan.remove_pieces([piece_id], f"delete piece {piece_id}"), plan)
 
     def delete_memory(self, memory_id: str) -> UpdateResult:

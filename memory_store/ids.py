@@ -17,8 +17,9 @@ def piece_id(n: int) -> str:
 
 
 def is_memory_id(value: str) -> bool:
-    return isinstance(value, str) and bool(_MEMORY.match(value))
+    # fullmatch: with match, "$" also matches before a trailing newline ("mem_000001\n")
+    return isinstance(value, str) and bool(_MEMORY.fullmatch(value))
 
 
 def is_piece_id(value: str) -> bool:
-    return isinstance(value, str) and bool(_PIECE.match(value))
+    return isinstance(value, str) and bool(_PIECE.fullmatch(value))

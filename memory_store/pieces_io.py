@@ -20,6 +20,11 @@ def _text(value: object, field: str, *, allow_empty: bool = False) -> str:
         raise InvalidInput(f"{field} must not be empty", field=field)
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidInput(f"{field} is longer than {MAX_TEXT_CHARS} characters", field=field)
+    try:  # a lone surrogate (from a JSON "\ud800" escape) breaks tokenizers and SQLite
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{field} is not valid Unicode (a lone surrogate at character "
+                           f"{exc.start})", field=field) from None
     return value
 
 

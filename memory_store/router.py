@@ -16,14 +16,24 @@ from memory_store.config import RouterSettings
 
 
 class Gate(nn.Module):
+    """logit = MLP(key) + softplus(w) * SIM_SCALE * similarity: free in the key, monotone
+    increasing in the similarity, so a query closer to stored knowledge than any training
+    positive (the stored prompt itself, at similarity 1) is never rejected for being close."""
+
+    SIM_SCALE = 10.0
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.sim_weight = nn.Parameter(torch.tensor(0.5))
+
+    def logits(self, keys: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+        slope = nn.functional.softplus(self.sim_weight) * self.SIM_SCALE
+        return self.net(keys).squeeze(-1) + slope * sims  # (N,)
 
     def forward(self, keys: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
         """(N, d) keys, (N,) best similarities -> (N,) probabilities."""
-        x = torch.cat([keys, sims.unsqueeze(-1)], dim=-1)
-        return torch.sigmoid(self.net(x).squeeze(-1))
+        return torch.sigmoid(self.logits(keys, sims))
 
 
 def train_gate(pos_keys: np.ndarray, pos_sims: np.ndarray, neg_keys: np.ndarray,
@@ -39,7 +49,7 @@ def train_gate(pos_keys: np.ndarray, pos_sims: np.ndarray, neg_keys: np.ndarray,
     opt = torch.optim.Adam(gate.parameters(), lr=settings.learning_rate)
     for _ in range(settings.epochs):
         opt.zero_grad()
-        logits = gate.net(torch.cat([x, s.unsqueeze(-1)], -1)).squeeze(-1)
+        logits = gate.logits(x, s)
         loss = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
                 * w).sum()
         loss.backward()

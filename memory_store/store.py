@@ -13,17 +13,30 @@ Rows carry ``added_in`` / ``removed_in`` versions, so version N is every row wit
 then, in ONE SQLite transaction, closes and opens rows, inserts the version and moves the head:
 a reader sees the old version or the new one, never a mixture, and a crash before the commit
 leaves the previous version intact (its orphan files are harmless).
+
+Opening checks the store before anything is served from it: the directory must take a real
+write (a read-only file system, a permission problem or a full disk is named as such), and
+SQLite's ``quick_check`` must pass. ``Store(root, read_only=True)`` opens without writing
+(``loka store check`` on a read-only copy).
+
+Fault injection (tests only; never set in production): ``LOKA_FAULT`` names a point inside
+``publish`` where the process misbehaves, so that crash tests can kill a real server there.
+``before_commit`` exits with status 70 before the COMMIT; ``sleep_before_commit:<s>`` and
+``sleep_after_commit:<s>`` log a ``LOKA_FAULT <point> version <N>`` line and sleep ``s`` seconds
+just before / just after the COMMIT (a test sends SIGKILL when it sees the line).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "loka.sqlite"
+# written, fsynced and removed at open: a publish needs a few pages of WAL and adapter files
+_PROBE_BYTES = 64 * 1024
+_PROBE_NAME = ".loka-write-check"
+# an SQL statement and its parameters, run by ``publish`` inside the publishing transaction
+SqlStatement = tuple[str, Sequence[object]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -129,24 +147,44 @@ def fsync_dir(path: Path) -> None:
 class Store:
     """SQLite metadata + immutable files. Thread-safe; one writer at a time."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only:
+            self._db = connect_read_only(self.root)
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "adapters").mkdir(exist_ok=True)
             (self.root / "versions").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(unwritable_reason(self.root, exc)) from exc
+        check_writable(self.root)
+        with _sqlite_errors(self.root, "open"):
             self._db = sqlite3.connect(self.root / DB_NAME, check_same_thread=False,
                                        isolation_level=None, timeout=30.0)
+        try:
+            self._open_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_schema(self) -> None:
+        """WAL mode, SQLite's own quick check, the tables and the head row."""
+        with _sqlite_errors(self.root, "open"):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            found = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if found != "ok":
+                raise StoreError(f"store database {self.db_path} is corrupted "
+                                 f"({' '.join(found.split())}); restore it from a backup "
+                                 "(`loka store check` lists the problems)")
             self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open store at {self.root}: {exc}") from exc
-        self._lock = threading.RLock()
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
-        if self._db.execute("SELECT COUNT(*) FROM head").fetchone()[0] == 0:
-            self._db.execute("INSERT INTO head (id, version) VALUES (1, 0)")
+            if self.get_meta("schema_version") is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            if self._db.execute("SELECT COUNT(*) FROM head").fetchone()[0] == 0:
+                self._db.execute("INSERT INTO head (id, version) VALUES (1, 0)")
 
     @property
     def db_path(self) -> Path:
@@ -158,7 +196,7 @@ class Store:
 
     # ------------------------------------------------------------------ meta and counters
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
+        with self._lock, _sqlite_errors(self.root, "read"):
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
@@ -168,7 +206,7 @@ class Store:
                              (key, value))
 
     def get_blob(self, key: str) -> bytes | None:
-        with self._lock:
+        with self._lock, _sqlite_errors(self.root, "read"):
             row = self._db.execute("SELECT value FROM blobs WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
@@ -190,11 +228,11 @@ class Store:
 
     # ------------------------------------------------------------------ reading
     def head(self) -> int:
-        with self._lock:
+        with self._lock, _sqlite_errors(self.root, "read"):
             return int(self._db.execute("SELECT version FROM head WHERE id = 1").fetchone()[0])
 
     def versions(self) -> list[VersionInfo]:
-        with self._lock:
+        with self._lock, _sqlite_errors(self.root, "read"):
             rows = self._db.execute(
                 "SELECT version, created_at, reason, n_memories, n_pieces FROM versions "
                 "ORDER BY version").fetchall()
@@ -202,7 +240,7 @@ class Store:
 
     def snapshot(self, version: int | None, dim: int) -> Snapshot:
         """Everything live in ``version`` (the head if None)."""
-        with self._lock:
+        with self._lock, _sqlite_errors(self.root, "read"):
             self._db.execute("BEGIN")
             try:
                 if version is None:
@@ -249,8 +287,12 @@ class Store:
 
     def publish(self, version: int, memories: Iterable[MemoryRecord],
                 pieces: Iterable[PieceRecord], retain: Iterable[RetainRecord], *,
-                gate_file: str | None, index_file: str | None, reason: str) -> None:
-        """Make ``version`` the head with exactly these rows, in one transaction."""
+                gate_file: str | None, index_file: str | None, reason: str,
+                extra_sql: Sequence[SqlStatement] = ()) -> None:
+        """Make ``version`` the head with exactly these rows, in one transaction.
+
+        ``extra_sql`` runs in the same transaction, on the caller's own tables: a caller's record
+        of the change (a job marked done) is committed if and only if the version is."""
         memories, pieces, retain = list(memories), list(pieces), list(retain)
         with self._lock:
             try:
@@ -267,10 +309,11 @@ class Store:
                     (version, time.time(), reason, gate_file, index_file, len(memories),
                      len(pieces)))
                 self._db.execute("UPDATE head SET version = ? WHERE id = 1", (version,))
-                if os.environ.get("LOKA_FAULT") == "before_commit":
-                    logger.error("fault injection: exiting before commit of version %d", version)
-                    os._exit(70)  # simulates a crash: the transaction is never committed
+                for sql, params in extra_sql:
+                    self._db.execute(sql, tuple(params))
+                _fault("before_commit", version)
                 self._db.execute("COMMIT")
+                _fault("after_commit", version)
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -320,3 +363,83 @@ class Store:
                 self._db.execute(
                     "INSERT INTO retain (prompt, target, key, added_in) VALUES (?,?,?,?)",
                     (r.prompt, r.target, _blob(r.key), version))
+
+
+# ---------------------------------------------------------------------- start-up checks
+def unwritable_reason(root: Path, exc: OSError) -> str:
+    """A one-line reason why the store directory ``root`` cannot be written."""
+    if exc.errno == errno.EROFS:
+        return f"store directory {root} is on a read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"store directory {root} is not writable by this process (permission denied)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(root)
+            free = f"{st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return f"store directory {root}: no space left on the device ({free})"
+    return f"store directory {root} cannot be written ({exc.strerror or exc})"
+
+
+def check_writable(root: Path) -> None:
+    """Write, fsync and remove a probe file: StoreError naming the reason if that fails."""
+    probe = root / f"{_PROBE_NAME}-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * _PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StoreError(unwritable_reason(root, exc)) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+@contextlib.contextmanager
+def _sqlite_errors(root: Path, doing: str) -> Iterator[None]:
+    """SQLite errors as StoreError naming the file (a corrupted file, a full disk...)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot {doing} the store database {root / DB_NAME}: {exc}; "
+                         "run `loka store check`") from exc
+
+
+def connect_read_only(root: Path) -> sqlite3.Connection:
+    """Open without writing; on read-only media (no -shm can be made) as an immutable file."""
+    if not (root / DB_NAME).is_file():
+        raise StoreError(f"no {DB_NAME} in {root}: not a LOKA store")
+    uri = f"file:{root / DB_NAME}?mode=ro"
+    if not os.access(root, os.W_OK) or _on_read_only_fs(root):
+        uri = f"file:{root / DB_NAME}?immutable=1"
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        db.execute("SELECT COUNT(*) FROM head").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store database {root / DB_NAME}: {exc}") from exc
+    return db
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _fault(point: str, version: int) -> None:
+    """Test-only fault injection at ``point`` of a publish (see the module docstring)."""
+    spec = os.environ.get("LOKA_FAULT")
+    if not spec:
+        return
+    name, _, arg = spec.partition(":")
+    if name == point == "before_commit":
+        logger.error("LOKA_FAULT %s version %d: exiting", point, version)
+        os._exit(70)  # simulates a crash: the transaction is never committed
+    if name == f"sleep_{point}":
+        logger.error("LOKA_FAULT %s version %d: sleeping %s s", point, version, arg)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        time.sleep(float(arg or 60))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -19,6 +19,9 @@ MemoryKind = Literal["edit", "unlearn", "mixed"]
 ProgressCallback = Callable[[str, int, int], None]
 # returns True when the caller wants the running update to stop before it publishes
 CancelCheck = Callable[[], bool]
+# given the result of a change about to be published: SQL statements (and parameters) on the
+# caller's own tables, committed in the same transaction as the new version
+PublishRecord = Callable[["UpdateResult"], Sequence[tuple[str, Sequence[object]]]]
 
 
 @dataclass(frozen=True)

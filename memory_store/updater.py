@@ -25,6 +25,7 @@ from memory_store.types import (
     ConflictDecision,
     PieceKind,
     PieceSpec,
+    PublishRecord,
     RetainSpec,
     UpdateOptions,
     UpdateResult,
@@ -51,7 +52,7 @@ class Group:
 
 class Updater:
     def __init__(self, loka, snapshot, options: UpdateOptions | None, progress,
-                 should_cancel) -> None:
+                 should_cancel, on_publish: PublishRecord | None = None) -> None:
         self.loka = loka
         self.cfg = loka.config
         self.snap = snapshot
@@ -64,6 +65,7 @@ class Updater:
         self.trainer = self.cfg.trainer.model_copy(update=overrides)
         self.progress = progress or (lambda stage, step, total: None)
         self.should_cancel = should_cancel or (lambda: False)
+        self.on_publish = on_publish
         self.memories = dict(snapshot.memories)
         self.pieces = dict(snapshot.pieces)
         self.retain = list(snapshot.retain)
@@ -254,18 +256,19 @@ class Updater:
         """The update's retain prompts, then the stored retain prompts and background prompts
         nearest to the memory (hard negatives), up to ``max_retain``."""
         limit = self.trainer.max_retain
-        chosen = list(dict.fromkeys(self.update_retain))[:limit]
-        if len(chosen) >= limit:
-            return chosen
         centre = self._centroid(g.piece_ids)
+        # the update's own retain prompts first (+2 outranks any cosine), nearest first
+        own = set(self.update_retain)
         stored = self._stored_texts()
         candidates: list[tuple[float, tuple[str, str]]] = []
         for r in self.retain:
-            candidates.append((float(r.key @ centre), (r.prompt, r.target)))
+            pair = (r.prompt, r.target)
+            candidates.append((float(r.key @ centre) + (2.0 if pair in own else 0.0), pair))
         for prompt, key in self._background_negatives():
             if norm_prompt(prompt) not in stored:
                 candidates.append((float(key @ centre), (prompt, "")))
         candidates.sort(key=lambda c: -c[0])
+        chosen: list[tuple[str, str]] = []
         for _, pair in candidates:
             if len(chosen) >= limit:
                 break
@@ -346,14 +349,16 @@ class Updater:
         if self.should_cancel():
             raise Cancelled("update cancelled")
         self.progress("publish", 0, 1)
-        store.publish(version, mems, self.pieces.values(), self.retain, gate_file=gate_file,
-                      index_file=index_file, reason=reason)
-        self.progress("publish", 1, 1)
         updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
-        return UpdateResult(version, tuple(self.created), tuple(updated),
-                            tuple(self.removed_memories), tuple(self.pieces_added),
-                            tuple(self.pieces_removed), dict(self.decisions),
-                            time.perf_counter() - self.started)
+        result = UpdateResult(version, tuple(self.created), tuple(updated),
+                              tuple(self.removed_memories), tuple(self.pieces_added),
+                              tuple(self.pieces_removed), dict(self.decisions),
+                              time.perf_counter() - self.started)
+        extra = self.on_publish(result) if self.on_publish is not None else ()
+        store.publish(version, mems, self.pieces.values(), self.retain, gate_file=gate_file,
+                      index_file=index_file, reason=reason, extra_sql=extra)
+        self.progress("publish", 1, 1)
+        return result
 
     def _train_gate(self, index: KeyIndex):
         if not self.cfg.router.enabled:
@@ -363,7 +368,8 @@ class Updater:
         neg = np.stack(negs) if negs else np.zeros((0, pos.shape[1]), np.float32)
         if self.cfg.router.retrieval == "piece" and len(index) > 1:
             # leave-one-out: a stored key finds itself at similarity 1; an unseen paraphrase
-            # would not, so the gate learns from the next-nearest key instead
+            # would not, so the gate learns from the next-nearest key instead (the gate is
+            # monotone in similarity, so the stored prompt itself is accepted as well)
             pos_sims = index.search(pos, 2)[0][:, 1]
         else:
             pos_sims = index.search(pos, 1)[0][:, 0]

@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--model")
     p.set_defaults(func=cmd_serve)
+
+    from benchmarks.cli import register as register_bench
+
+    register_bench(sub)  # loka bench prepare | run | serving
     return parser
 
 

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     store_dir: Path = Path("data/store")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
+    # torch intra-op threads; None: 1 for models under 50M parameters, else torch's default.
+    # On a loaded 2-core machine 1 thread also served an 87M GPT-2 ~6x faster than 2
+    # (benchmarks/results/serving)
+    threads: int | None = Field(None, ge=1, le=1024)
+    # materialised adapters kept in memory (LRU); the codebook itself stays on disk
+    adapter_cache_size: int = Field(256, ge=1, le=1_000_000)
 
     # -- server -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -52,15 +58,18 @@ class Settings(BaseSettings):
     max_chat_messages: int = Field(256, ge=1)
 
     # -- generation -------------------------------------------------------------------------
-    # requests arriving together are generated as one mixed batch (per-row routing)
-    max_batch_size: int = Field(8, ge=1, le=256)
+    # continuous batching: concurrent requests decode together, each row with its own memory;
+    # new requests join between decoding steps, up to max_batch_size rows (8 capped the
+    # throughput at 16 concurrent requests: benchmarks/results/serving). An idle server waits
+    # batch_wait_ms for company before starting a new batch.
+    max_batch_size: int = Field(32, ge=1, le=256)
     batch_wait_ms: float = Field(2.0, ge=0.0, le=1_000.0)
 
     # -- jobs -------------------------------------------------------------------------------
     # a job interrupted by this many restarts while running is failed instead of re-run
     job_max_attempts: int = Field(3, ge=1)
 
-    @field_validator("model", "admin_token", "api_token", mode="before")
+    @field_validator("model", "threads", "admin_token", "api_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable (``LOKA_ADMIN_TOKEN=``) means "not set"."""

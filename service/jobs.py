@@ -2,9 +2,17 @@
 
 A job accepted with 202 is a row of ``service_jobs`` before the response is sent, so it survives
 a restart: queued jobs run after the restart and a job that was running is re-run from the start
-(up to ``max_attempts`` interruptions, then it is failed). One worker thread in the server
-process executes the jobs; cancellation and shutdown reach a running job through the engine's
-``should_cancel`` callback. Progress is kept in memory and written to the row every half second.
+(up to ``max_attempts`` interruptions, then it is failed). A job that succeeds is marked
+``succeeded`` in the very transaction that publishes its codebook version (the engine's
+``on_publish``), so a crash can never leave a published change whose job would run again, nor a
+``succeeded`` job without its version: every accepted job takes effect exactly once. One worker
+thread in the server process executes the jobs; cancellation and shutdown reach a running job
+through the engine's ``should_cancel`` callback. Progress is kept in memory and written to the
+row every half second.
+
+An update's payload holds its unlearning targets, which are sensitive: it is kept only while the
+job may still run, and replaced by a count of pieces when the job ends (``secure_delete`` zeroes
+the old bytes in the database file).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from memory_store.errors import Cancelled, ConflictError, LokaError, NotFound
+from memory_store.errors import Cancelled, ConflictError, LokaError, NotFound, StoreError
 from memory_store.types import PieceKind, PieceSpec, RetainSpec, UpdateOptions, UpdateResult
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ logger = logging.getLogger(__name__)
 JobKind = Literal["update", "delete_piece"]
 FINISHED = ("succeeded", "failed", "cancelled")
 _PROGRESS_WRITE_S = 0.5
+_RETRY_WRITE_S = 1.0  # a final status that cannot be written (disk full) is retried this often
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS service_jobs (
@@ -116,6 +125,14 @@ def _result_dict(r: UpdateResult) -> dict[str, Any]:
     }
 
 
+def scrubbed_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of a finished job's payload: no prompts or targets, only counts."""
+    if kind == "update" and "pieces" in payload:
+        return {"n_pieces": len(payload["pieces"]), "n_retain": len(payload.get("retain", ())),
+                "scrubbed": True}
+    return payload
+
+
 def _row_to_job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -153,6 +170,9 @@ class JobQueue:
             str(db_path), timeout=30.0, check_same_thread=False, isolation_level=None
         )
         self._db.row_factory = sqlite3.Row
+        # an acknowledged job survives a power cut; scrubbed payloads leave no bytes behind
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
         self._lock = threading.Lock()  # guards the connection and the fields below
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
@@ -209,6 +229,16 @@ class JobQueue:
                 "started_at=NULL WHERE status='running'"
             )
             requeued = cur.rowcount
+            rows = self._db.execute(
+                "SELECT id, kind, payload FROM service_jobs WHERE kind='update' AND status IN "
+                "('succeeded', 'failed', 'cancelled') AND payload NOT LIKE '%\"scrubbed\"%'"
+            ).fetchall()
+            for row in rows:  # finished before payloads were scrubbed
+                self._db.execute(
+                    "UPDATE service_jobs SET payload=? WHERE id=?",
+                    (json.dumps(scrubbed_payload(row["kind"], json.loads(row["payload"]))),
+                     row["id"]),
+                )
         if cancelled or failed or requeued:
             logger.info("jobs interrupted by the last stop: %d re-queued, %d failed, "
                         "%d cancelled", requeued, failed, cancelled)
@@ -219,11 +249,15 @@ class JobQueue:
         """Persist a queued job and wake the worker."""
         job_id = new_job_id()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO service_jobs (id, kind, status, payload, created_at) "
-                "VALUES (?, ?, 'queued', ?, ?)",
-                (job_id, kind, json.dumps(payload), time.time()),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO service_jobs (id, kind, status, payload, created_at) "
+                    "VALUES (?, ?, 'queued', ?, ?)",
+                    (job_id, kind, json.dumps(payload), time.time()),
+                )
+            except sqlite3.Error as exc:  # a full disk: the job is not accepted
+                raise StoreError(f"the job could not be stored, nothing was queued: {exc}") \
+                    from exc
         self._wakeup.set()
         logger.info("job %s (%s) queued", job_id, kind)
         return self.get(job_id)
@@ -274,7 +308,7 @@ class JobQueue:
         now = time.time()
         with self._lock:
             row = self._db.execute(
-                "SELECT status FROM service_jobs WHERE id=?", (job_id,)
+                "SELECT status, kind, payload FROM service_jobs WHERE id=?", (job_id,)
             ).fetchone()
             if row is None:
                 raise NotFound(f"no job {job_id}", field="id")
@@ -284,8 +318,9 @@ class JobQueue:
             if status == "queued":
                 self._db.execute(
                     "UPDATE service_jobs SET status='cancelled', stage='cancelled', "
-                    "cancel_requested=1, finished_at=? WHERE id=?",
-                    (now, job_id),
+                    "cancel_requested=1, finished_at=?, payload=? WHERE id=?",
+                    (now, json.dumps(scrubbed_payload(row["kind"], json.loads(row["payload"]))),
+                     job_id),
                 )
             else:
                 self._db.execute(
@@ -340,7 +375,10 @@ class JobQueue:
                 self._wakeup.wait(1.0)
                 self._wakeup.clear()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except StoreError as exc:  # stopping while its outcome could not be saved
+                logger.warning("job %s: %s; it runs again after the restart", job.id, exc)
 
     def _progress(self, stage: str, step: int, total: int) -> None:
         now = time.monotonic()
@@ -351,22 +389,35 @@ class JobQueue:
                      or now - self._last_write >= _PROGRESS_WRITE_S)
             if write and self._running_id is not None:
                 self._last_write = now
-                self._db.execute(
-                    "UPDATE service_jobs SET stage=?, step=?, total=? WHERE id=?",
-                    (stage, int(step), int(total), self._running_id),
-                )
+                try:
+                    self._db.execute(
+                        "UPDATE service_jobs SET stage=?, step=?, total=? WHERE id=?",
+                        (stage, int(step), int(total), self._running_id),
+                    )
+                except sqlite3.OperationalError as exc:  # progress is best effort (disk full)
+                    logger.warning("job %s: progress not saved: %s", self._running_id, exc)
 
     def _should_cancel(self) -> bool:
         return self._cancel_running.is_set() or self._stopping.is_set()
 
     def _execute(self, job: Job) -> UpdateResult:
+        def succeeded(result: UpdateResult) -> list[tuple[str, tuple[Any, ...]]]:
+            # runs inside the engine's publishing transaction (see the module docstring)
+            return [(
+                "UPDATE service_jobs SET status='succeeded', result=?, error=NULL, "
+                "stage='done', step=total, finished_at=?, payload=? WHERE id=?",
+                (json.dumps(_result_dict(result)), time.time(),
+                 json.dumps(scrubbed_payload(job.kind, job.payload)), job.id),
+            )]
+
         if job.kind == "update":
             pieces, retain, options = _decode_update(job.payload)
             return self._engine.update(pieces, retain, options, progress=self._progress,
-                                       should_cancel=self._should_cancel)
+                                       should_cancel=self._should_cancel, on_publish=succeeded)
         if job.kind == "delete_piece":
             return self._engine.delete_piece(job.payload["piece_id"], progress=self._progress,
-                                             should_cancel=self._should_cancel)
+                                             should_cancel=self._should_cancel,
+                                             on_publish=succeeded)
         raise LokaError(f"unknown job kind {job.kind!r}")
 
     def _run(self, job: Job) -> None:
@@ -382,6 +433,9 @@ class JobQueue:
             status = "cancelled"
         except LokaError as exc:
             error = f"{exc.type}: {exc.message}"
+        except (OSError, sqlite3.OperationalError) as exc:  # the store's disk: full, read-only
+            logger.error("job %s: cannot write the store: %s", job.id, exc)
+            error = f"store_error: cannot write the store: {exc}"
         except Exception as exc:  # a job must never kill the worker
             logger.exception("job %s crashed", job.id)
             error = f"internal error: {type(exc).__name__}: {exc}"
@@ -401,20 +455,46 @@ class JobQueue:
     def _finish(self, job_id: str, status: str, result: dict | None, error: str | None) -> None:
         with self._lock:
             stage, step, total = self._live or (status, 0, 0)
-            if status == "succeeded":
-                stage, step = "done", total
-            elif status != "running":
-                stage = status
-            self._db.execute(
-                "UPDATE service_jobs SET status=?, result=?, error=?, stage=?, step=?, total=?, "
-                "finished_at=? WHERE id=?",
-                (status, json.dumps(result) if result is not None else None, error, stage,
-                 step, total, time.time(), job_id),
-            )
             self._running_id, self._live = None, None
+        if status == "succeeded":
+            stage, step = "done", total
+        elif status != "running":
+            stage = status
+        row = self._db_retry(lambda: self._db.execute(
+            "SELECT kind, payload FROM service_jobs WHERE id=?", (job_id,)).fetchone())
+        payload = json.dumps(scrubbed_payload(row["kind"], json.loads(row["payload"])))
+        # a failure never overwrites a success committed with the version (the live view of a
+        # published version failed to load, say): the version is published, the job is done
+        only_running = "" if status == "succeeded" else " AND status='running'"
+        changed = self._db_retry(lambda: self._db.execute(
+            "UPDATE service_jobs SET status=?, result=?, error=?, stage=?, step=?, total=?, "
+            f"finished_at=?, payload=? WHERE id=?{only_running}",
+            (status, json.dumps(result) if result is not None else None, error, stage,
+             step, total, time.time(), payload, job_id),
+        ).rowcount)
+        if not changed:
+            logger.warning("job %s: its version was published; not marked %s (%s)", job_id,
+                           status, error)
         logger.info("job %s %s%s", job_id, status, f": {error}" if error else "")
         if self._on_finished is not None:
             try:
                 self._on_finished(self.get(job_id))
             except Exception:  # metrics must not break the queue
                 logger.exception("job listener failed")
+
+    def _db_retry(self, op: Callable[[], Any]) -> Any:
+        """Run ``op`` on the connection, retrying while the database cannot be written (a full
+        disk): the outcome of a job is never dropped. Gives up only when the queue stops (the
+        job, still ``running`` in the table, then runs again after the restart)."""
+        warned = False
+        while True:
+            with self._lock:
+                try:
+                    return op()
+                except sqlite3.OperationalError as exc:
+                    if not warned:
+                        logger.error("job queue: cannot write the jobs table (%s); retrying "
+                                     "every %.0f s", exc, _RETRY_WRITE_S)
+                        warned = True
+            if self._stopping.wait(_RETRY_WRITE_S):
+                raise StoreError("the job queue stopped before a job's outcome could be saved")

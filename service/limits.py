@@ -19,10 +19,16 @@ def sampling_temperature(temperature: float) -> float:
 
 
 def check_text(settings: Settings, field: str, text: str, max_chars: int | None = None) -> None:
-    """Reject a text longer than ``max_chars`` (default: the prompt limit)."""
+    """Reject a text longer than ``max_chars`` (default: the prompt limit) or one that is not
+    valid Unicode: JSON can carry a lone surrogate (``"\\ud800"``), which no tokenizer takes."""
     limit = settings.max_prompt_chars if max_chars is None else max_chars
     if len(text) > limit:
         raise invalid(field, f"at most {limit} characters (got {len(text)})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(field, f"not valid Unicode: a lone surrogate at character {exc.start} "
+                             f"({text[exc.start]!a})") from None
 
 
 def check_generation(

@@ -17,6 +17,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from memory_store import Loka
+from memory_store.errors import LokaError
 from service import __version__
 from service.api.routes import (
     codebook,
@@ -47,6 +48,13 @@ def _on_job_finished(state: ServiceState, job: Job) -> None:
     state.metrics.observe_job(job.kind, job.status, seconds)
 
 
+def load_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed start-up (the store's or the model's problem)."""
+    if isinstance(exc, LokaError):
+        return f"{exc.type}: {exc.message}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def _load(state: ServiceState) -> None:
     """Open the engine and start the job worker and the generator (runs in a thread)."""
     settings = state.settings
@@ -56,10 +64,10 @@ def _load(state: ServiceState) -> None:
             "loading model %s with store %s", settings.model or "(built-in default)",
             settings.store_dir,
         )
-        settings.store_dir.mkdir(parents=True, exist_ok=True)
-        engine = Loka.open(
+        engine = Loka.open(  # creates the store directory; names why it cannot
             settings.store_dir, model=settings.model, dtype=settings.dtype,
-            device=settings.device,
+            device=settings.device, adapter_cache_size=settings.adapter_cache_size,
+            threads=settings.threads,
         )
         if state.closing:
             engine.close()
@@ -80,8 +88,11 @@ def _load(state: ServiceState) -> None:
             time.perf_counter() - started,
         )
     except BaseException as exc:
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        logger.exception("loading the engine failed")
+        state.load_error = load_failure(exc)
+        if isinstance(exc, LokaError | OSError):  # a named problem: one line, no traceback
+            logger.error("loading the engine failed: %s", state.load_error)
+        else:
+            logger.exception("loading the engine failed")
         if state.on_load_failed is not None:
             state.on_load_failed(exc)
     finally:

@@ -244,20 +244,24 @@ class PieceOut(BaseModel):
     id: str
     kind: Literal["edit", "unlearn"]
     prompt: str
-    target: str
+    # the target of an unlearn piece (the answer to forget) is shown to admin callers only
+    target: str | None
+    target_redacted: bool = False
     paraphrases: list[str]
     memory_id: str
     created_at: datetime
     added_in_version: int
 
     @classmethod
-    def of(cls, p: Piece) -> PieceOut:
-        """The model of a stored piece."""
+    def of(cls, p: Piece, *, admin: bool = False) -> PieceOut:
+        """The model of a stored piece; an unlearn target is redacted unless ``admin``."""
+        redact = p.kind == "unlearn" and not admin
         return cls(
             id=p.id,
             kind=str(p.kind),  # type: ignore[arg-type]
             prompt=p.prompt,
-            target=p.target,
+            target=None if redact else p.target,
+            target_redacted=redact,
             paraphrases=list(p.paraphrases),
             memory_id=p.memory_id,
             created_at=timestamp(p.created_at),  # type: ignore[arg-type]

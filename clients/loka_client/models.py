@@ -153,7 +153,9 @@ class Piece(_Response):
     id: str
     kind: str
     prompt: str
-    target: str
+    # None for an unlearn piece read without the admin token (``target_redacted``)
+    target: str | None = None
+    target_redacted: bool = False
     paraphrases: list[str] = Field(default_factory=list)
     memory_id: str | None = None
     created_at: datetime | None = None

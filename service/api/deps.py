@@ -4,6 +4,7 @@ Auth: when ``LOKA_ADMIN_TOKEN`` is set, every endpoint that changes knowledge ne
 ``Authorization: Bearer <admin token>``. When ``LOKA_API_TOKEN`` is set, generation and the
 knowledge reads need the API token (the admin token works there too). A missing or malformed
 header is a 401, a wrong token a 403. Tokens are compared in constant time and never logged.
+The targets of unlearning requests are shown to admin callers only (``IsAdmin``).
 """
 
 from __future__ import annotations
@@ -121,5 +122,16 @@ def require_api(request: Request, settings: SettingsDep) -> None:
         raise ServiceError(403, "forbidden", "invalid API token")
 
 
+def caller_is_admin(request: Request, settings: SettingsDep) -> bool:
+    """Whether the caller may see what only admins see (the targets of unlearning requests):
+    it presents the admin token, or none is configured (then every caller may change
+    knowledge, so hiding it would protect nothing)."""
+    if settings.admin_token is None:
+        return True
+    token = _bearer(request)
+    return token is not None and _matches(token, settings.admin_token)
+
+
 AdminAuth = Depends(require_admin)
 ApiAuth = Depends(require_api)
+IsAdmin = Annotated[bool, Depends(caller_is_admin)]

@@ -39,10 +39,12 @@ class ScriptedEngine:
         self.version += 1
         return UpdateResult(self.version, ("mem_000001",), (), (), ("pc_000001",), ())
 
-    def update(self, pieces, retain, options, progress, should_cancel) -> UpdateResult:
+    def update(self, pieces, retain, options, progress, should_cancel,
+               on_publish=None) -> UpdateResult:
         return self._run("update", (pieces, retain, options), progress, should_cancel)
 
-    def delete_piece(self, piece_id, progress, should_cancel) -> UpdateResult:
+    def delete_piece(self, piece_id, progress, should_cancel,
+                     on_publish=None) -> UpdateResult:
         return self._run("delete_piece", piece_id, progress, should_cancel)
 
 

@@ -19,7 +19,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 def checked_job_id(job_id: str) -> str:
     """``job_id`` if it has the form of a job id; a 404 otherwise (it is never used as is)."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):  # not match: "$" accepts a trailing newline
         raise not_found(f"no job {job_id[:64]!r} (job ids look like job_<32 hex digits>)")
     return job_id
 

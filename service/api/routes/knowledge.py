@@ -1,4 +1,9 @@
-"""Knowledge pieces: list, inspect, and revert one (``DELETE`` runs as a job)."""
+"""Knowledge pieces: list, inspect, and revert one (``DELETE`` runs as a job).
+
+The target of an unlearn piece (the answer the model must forget) is itself sensitive: it is
+returned only to callers with the admin token (``target: null, target_redacted: true`` for
+others).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from memory_store.ids import is_memory_id, is_piece_id
-from service.api.deps import AdminAuth, ApiAuth, EngineDep, JobsDep
+from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin, JobsDep
 from service.errors import invalid, not_found
 from service.schemas import JobAccepted, PieceList, PieceOut
 
@@ -25,6 +30,7 @@ def checked_piece_id(piece_id: str) -> str:
 @router.get("", dependencies=[ApiAuth])
 async def list_pieces(
     engine: EngineDep,
+    admin: IsAdmin,
     kind: Literal["edit", "unlearn"] | None = None,
     memory_id: str | None = None,
 ) -> PieceList:
@@ -35,7 +41,7 @@ async def list_pieces(
     def run() -> PieceList:
         version = engine.version
         pieces = [
-            PieceOut.of(p) for p in engine.pieces()
+            PieceOut.of(p, admin=admin) for p in engine.pieces()
             if (kind is None or str(p.kind) == kind)
             and (memory_id is None or p.memory_id == memory_id)
         ]
@@ -45,10 +51,10 @@ async def list_pieces(
 
 
 @router.get("/{piece_id}", dependencies=[ApiAuth])
-async def get_piece(piece_id: str, engine: EngineDep) -> PieceOut:
+async def get_piece(piece_id: str, engine: EngineDep, admin: IsAdmin) -> PieceOut:
     """One stored piece."""
     piece = await run_in_threadpool(engine.piece, checked_piece_id(piece_id))
-    return PieceOut.of(piece)
+    return PieceOut.of(piece, admin=admin)
 
 
 @router.delete("/{piece_id}", status_code=202, dependencies=[AdminAuth])

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from memory_store.ids import is_memory_id
-from service.api.deps import AdminAuth, ApiAuth, EngineDep
+from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin
 from service.errors import not_found
 from service.schemas import ChangeResult, MemoryDetail, MemoryList, MemoryOut, PieceOut
 
@@ -34,13 +34,14 @@ async def list_memories(engine: EngineDep) -> MemoryList:
 
 
 @router.get("/{memory_id}", dependencies=[ApiAuth])
-async def get_memory(memory_id: str, engine: EngineDep) -> MemoryDetail:
-    """One memory with its pieces, kind, conflict decision and key similarity stats."""
+async def get_memory(memory_id: str, engine: EngineDep, admin: IsAdmin) -> MemoryDetail:
+    """One memory with its pieces (unlearn targets for admin callers only), kind, conflict
+    decision and key similarity stats."""
     memory_id = checked_memory_id(memory_id)
 
     def run() -> MemoryDetail:
         memory = engine.memory(memory_id)
-        pieces = [PieceOut.of(engine.piece(p)) for p in memory.piece_ids]
+        pieces = [PieceOut.of(engine.piece(p), admin=admin) for p in memory.piece_ids]
         return MemoryDetail(**MemoryOut.of(memory).model_dump(), pieces=pieces)
 
     return await run_in_threadpool(run)

@@ -1,0 +1,188 @@
+"""Command line of the benchmarks: ``loka bench prepare|run`` (also ``python -m benchmarks``).
+
+    loka bench prepare --suite all --scale small
+    loka bench run --suite all --scale small --out benchmarks/results/small
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+SUITE_CHOICES = ("tofu", "zsre", "counterfact", "pku", "all")
+
+
+def _suites(values: list[str]) -> list[str]:
+    from benchmarks.suites import SUITES
+
+    names: list[str] = []
+    for v in values:
+        for part in v.split(","):
+            if part == "all":
+                names += list(SUITES)
+            elif part in SUITES:
+                names.append(part)
+            else:
+                raise SystemExit(f"error: unknown suite {part!r}; choose from "
+                                 f"{', '.join(SUITE_CHOICES)}")
+    return list(dict.fromkeys(names))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", action="append", default=None, metavar="|".join(SUITE_CHOICES),
+                   help="suite(s) to use, repeatable or comma-separated (default: all)")
+    p.add_argument("--scale", choices=["small", "full"], default="small",
+                   help="small: 2 CPU cores, about 30 minutes for all; full: an accelerator")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where base models are cached (default: $LOKA_CACHE_DIR or "
+                        "~/.cache/loka)")
+
+
+def setup_logging(verbose: bool) -> None:
+    """INFO for the benchmarks (through tqdm, so bars stay intact); the engine's per-memory
+    convergence warnings only with -v (they are counted in the results)."""
+
+    class _Tqdm(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    handler = _Tqdm()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    bench = logging.getLogger("benchmarks")
+    bench.handlers = [handler]
+    bench.setLevel(logging.DEBUG if verbose else logging.INFO)
+    bench.propagate = False
+    if not verbose:
+        logging.getLogger("memory_store").setLevel(logging.ERROR)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmarks.data import DataError, resolve_data_dir
+    from benchmarks.prepare import ensure_base_model, read_info
+    from benchmarks.suites import build_suite
+
+    setup_logging(getattr(args, "verbose", False))
+    torch.set_num_threads(1)
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+        for name in _suites(args.suite or ["all"]):
+            suite = build_suite(name, args.scale, data_dir)
+            started = time.perf_counter()
+            path = ensure_base_model(suite, args.cache_dir, force=args.force)
+            k = read_info(path).get("knowledge", {})
+            logger.info("%s: %s (%.0f s); greedy accuracy canonical %.3f, paraphrase %s, "
+                        "general %.3f", name, path, time.perf_counter() - started,
+                        k.get("acc_canonical", float("nan")),
+                        f"{k['acc_paraphrase']:.3f}" if "acc_paraphrase" in k else "-",
+                        k.get("acc_general", float("nan")))
+    except DataError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.data import DataError, resolve_data_dir
+    from benchmarks.plots import write_plots
+    from benchmarks.report import render
+    from benchmarks.runner import ANALYSES, RunConfig, run, write_json
+    from memory_store.methods import HEADLINE, METHODS, Budget
+
+    setup_logging(getattr(args, "verbose", False))
+    methods = args.methods or list(HEADLINE)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        sys.stderr.write(f"error: unknown method(s) {unknown}; known: {', '.join(METHODS)}\n")
+        return 2
+    skip = {s for v in (args.skip or []) for s in v.split(",")}
+    if skip - set(ANALYSES):
+        sys.stderr.write(f"error: --skip takes {', '.join(ANALYSES)}\n")
+        return 2
+    budget = None
+    if args.steps or args.rank:
+        from benchmarks.runner import BUDGETS
+
+        base = BUDGETS[args.scale]
+        budget = Budget(**{**base.__dict__, **({"steps": args.steps} if args.steps else {}),
+                           **({"rank": args.rank} if args.rank else {})})
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+    except DataError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    out = args.out or Path("benchmarks/results") / args.scale
+    cfg = RunConfig(suites=_suites(args.suite or ["all"]), scale=args.scale, data_dir=data_dir,
+                    out=out, methods=methods, seeds=list(range(args.seeds)),
+                    analyses=set(ANALYSES) - skip, model=args.model, budget=budget,
+                    cache_dir=args.cache_dir,
+                    command="loka bench run " + shlex.join(sys.argv[_bench_argv_start():]))
+    results = run(cfg, jobs=args.jobs, verbose=getattr(args, "verbose", False))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(render(results))
+    plots = write_plots(results, out)
+    logger.info("wrote %s, %s and %d plots in %.1f min", out / "results.json",
+                out / "results.md", len(plots), results["meta"]["seconds"] / 60)
+    return 0
+
+
+def _bench_argv_start() -> int:
+    """Index in sys.argv just after ``run`` (so the recorded command omits the launcher)."""
+    try:
+        return sys.argv.index("run") + 1
+    except ValueError:
+        return 1
+
+
+def _add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="train (or find cached) the base models of the suites")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("run", help="run LOKA and the baselines; write results.json/.md, PNGs")
+    _common(p)
+    p.add_argument("--model", type=Path, default=None,
+                   help="an HF model directory to use instead of the prepared base models")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="headline methods (default: loka ft_lora ga grad_diff npo_kl grace)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the headline (default 3)")
+    p.add_argument("--skip", action="append", default=None,
+                   help="analyses to skip: ablations, density, sequential, conflict")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: benchmarks/results/<scale>)")
+    p.add_argument("--steps", type=int, default=None, help="override the budget's steps")
+    p.add_argument("--rank", type=int, default=None, help="override the budget's LoRA rank")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (one torch thread each) for the suites' parts "
+                        "(default 1)")
+    p.set_defaults(func=cmd_run)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench prepare|run`` to the ``loka`` command line."""
+    p = subparsers.add_parser("bench", help="benchmarks on real data (TOFU, ZsRE, "
+                                            "CounterFact, PKU-SafeRLHF)")
+    _add_commands(p.add_subparsers(dest="bench_command", required=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_commands(parser.add_subparsers(dest="bench_command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,206 @@
+"""The four benchmark suites built from the real data, at two scales.
+
+``small`` runs on two CPU cores (sizes in :data:`SCALES`); ``full`` is for an accelerator.
+Every selection is deterministic (file order), so a suite is the same on every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import data as D
+from benchmarks.protocol import BaseCorpus, Case, Pair, Sequential, Setting, Suite, answer
+from memory_store.types import PieceKind, RetainSpec
+
+SUITES = ("tofu", "zsre", "counterfact", "pku")
+
+SCALES: dict[str, dict[str, dict]] = {
+    "small": {
+        # 10 authors known; one forget author (10 QA) with 10 edits of the same author
+        # (in-profile) or of the next author (out-profile); answers cut to 12 words
+        "tofu": {"authors": 10, "answer_words": 12, "forget_authors": 1, "per_author": 10,
+                 "retain_eval_per_author": 4, "retain_train_per_author": 2, "general": 40},
+        # 246 facts known: 100 edit + 100 unlearn stream (the headline uses the first 10 of
+        # each), 30 retain-eval, 16 retain-train
+        "zsre": {"stream": 100, "headline": 10, "retain_eval": 30, "retain_train": 16,
+                 "general": 40, "batch": 20, "checkpoints": (10, 50, 100, 200)},
+        "counterfact": {"stream": 10, "headline": 10, "retain_eval": 30, "retain_train": 16,
+                        "general": 40, "batch": 10, "checkpoints": ()},
+        # prompts of at most 25 words; responses cut to 12 words
+        "pku": {"headline": 10, "retain_eval": 10, "retain_train": 8, "answer_words": 12,
+                "prompt_words": 25, "general": 40},
+    },
+    "full": {
+        "tofu": {"authors": 40, "answer_words": None, "forget_authors": 4, "per_author": 10,
+                 "retain_eval_per_author": 5, "retain_train_per_author": 3, "general": 217},
+        "zsre": {"stream": 300, "headline": 100, "retain_eval": 50, "retain_train": 32,
+                 "general": 100, "batch": 20, "checkpoints": (10, 100, 300, 600)},
+        "counterfact": {"stream": 500, "headline": 100, "retain_eval": 100, "retain_train": 32,
+                        "general": 100, "batch": 50, "checkpoints": (10, 100, 500, 1000)},
+        "pku": {"headline": 50, "retain_eval": 50, "retain_train": 32, "answer_words": 48,
+                "prompt_words": 40, "general": 100},
+    },
+}
+
+
+def build_suite(name: str, scale: str, data_dir: Path) -> Suite:
+    """Read the data and build suite ``name`` at ``scale``."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    files = tuple(D.check_files(data_dir, name))
+    sizes = SCALES[scale][name]
+    builder = {"tofu": _tofu, "zsre": _facts, "counterfact": _facts, "pku": _pku}[name]
+    return builder(name, scale, data_dir, sizes, files)
+
+
+def _retain(pairs: list[Pair]) -> tuple[RetainSpec, ...]:
+    return tuple(RetainSpec(p, t) for p, t in pairs)
+
+
+# ---------------------------------------------------------------- TOFU
+
+
+def _tofu(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
+    w = z["answer_words"]
+    qa = D.load_tofu(data_dir, z["authors"])
+    general = tuple((q, answer(a, w)) for q, a in D.load_tofu_general(data_dir)[: z["general"]])
+    k, per = z["forget_authors"], z["per_author"]
+    if 2 * k >= z["authors"] or per > 10:
+        raise ValueError("tofu scale: need 2*forget_authors < authors and per_author <= 10")
+
+    def case(kind: PieceKind, row: D.TofuQA) -> Case:
+        if kind == PieceKind.EDIT:
+            return Case(kind, row.question, answer(row.perturbed_answers[0], w),
+                        (row.paraphrased_question,), answer(row.answer, w),
+                        group=f"author{row.author}")
+        return Case(kind, row.question, answer(row.answer, w), (row.paraphrased_question,),
+                    alt_answers=(answer(row.paraphrased_answer, w),),
+                    group=f"author{row.author}")
+
+    forget = range(k)
+    # the forget set (even QA of the forget authors) is the same in both settings; only
+    # whose QA are edited changes: the same authors' odd QA, or other authors' even QA
+    unlearns = tuple(case(PieceKind.UNLEARN, qa[a][i]) for a in forget for i in range(0, 20, 2)
+                     [:per])
+    edits_in = tuple(case(PieceKind.EDIT, qa[a][i]) for a in forget for i in range(1, 20, 2)
+                     [:per])
+    edits_out = tuple(case(PieceKind.EDIT, qa[a][i]) for a in range(k, 2 * k)
+                      for i in range(0, 20, 2)[:per])
+    others = range(2 * k, z["authors"])
+    ne, nt = z["retain_eval_per_author"], z["retain_train_per_author"]
+    retain_eval = tuple((r.question, answer(r.answer, w)) for a in others for r in qa[a][:ne])
+    retain_train = _retain([(r.question, answer(r.answer, w)) for a in others
+                            for r in qa[a][ne:ne + nt]])
+    settings = (
+        Setting(name, "in_profile", edits_in, unlearns, retain_train, retain_eval, general,
+                "edit and unlearn QA of the same author(s)"),
+        Setting(name, "out_profile", edits_out, unlearns, retain_train, retain_eval, general,
+                "unlearn QA of some authors, edit QA of other authors"),
+    )
+    rows = [r for a in range(z["authors"]) for r in qa[a]]
+    corpus = BaseCorpus(tuple((r.question, answer(r.answer, w)) for r in rows),
+                        tuple((r.paraphrased_question, answer(r.answer, w)) for r in rows),
+                        general)
+    sizes = {**z, "known_qa": len(rows), "edits": len(edits_in), "unlearns": len(unlearns),
+             "retain_eval": len(retain_eval), "retain_train": len(retain_train),
+             "locality": len(general)}
+    return Suite(name, scale, corpus, settings, None, files, sizes,
+                 conflict_pair=("in_profile", "out_profile"))
+
+
+# ---------------------------------------------------------------- ZsRE and CounterFact
+
+
+def _distinct_facts(records: list[D.FactRecord]) -> list[D.FactRecord]:
+    """Facts whose prompts are unique, whose edit target differs from the answer and whose
+    locality prompt is not itself a fact prompt."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        texts = {r.prompt, r.paraphrase}
+        if texts & seen or r.new.strip() == r.answer.strip() or not r.answer.strip():
+            continue
+        seen |= texts
+        out.append(r)
+    return out
+
+
+def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
+    loader = D.load_zsre if name == "zsre" else D.load_counterfact
+    records = _distinct_facts(loader(data_dir))
+    n_stream = max(z["stream"], z["headline"])
+    need = 2 * n_stream + z["retain_eval"] + z["retain_train"]
+    if len(records) < need:
+        raise ValueError(f"{name}: {len(records)} usable facts, the scale needs {need}")
+    edit_rows = records[:n_stream]
+    unlearn_rows = records[n_stream:2 * n_stream]
+    rest = records[2 * n_stream:need]
+    fact_texts = {t for r in records[:need] for t in (r.prompt, r.paraphrase)}
+    general: list[Pair] = []
+    for r in records:  # locality pairs: unrelated prompts, never a fact prompt
+        if len(general) >= z["general"]:
+            break
+        if r.loc_prompt not in fact_texts and r.loc_prompt not in dict(general):
+            general.append((r.loc_prompt, answer(r.loc_answer, 12)))
+
+    def edit(r: D.FactRecord) -> Case:
+        return Case(PieceKind.EDIT, r.prompt, answer(r.new, None), (r.paraphrase,),
+                    answer(r.answer, None), group=r.subject)
+
+    def unlearn(r: D.FactRecord) -> Case:
+        return Case(PieceKind.UNLEARN, r.prompt, answer(r.answer, None), (r.paraphrase,),
+                    group=r.subject)
+
+    edits = tuple(edit(r) for r in edit_rows)
+    unlearns = tuple(unlearn(r) for r in unlearn_rows)
+    retain_eval = tuple((r.prompt, answer(r.answer, None)) for r in rest[: z["retain_eval"]])
+    retain_train = _retain([(r.prompt, answer(r.answer, None))
+                            for r in rest[z["retain_eval"]:]])
+    h = z["headline"]
+    settings = (Setting(name, "joint", edits[:h], unlearns[:h], retain_train, retain_eval,
+                        tuple(general), "edit some facts while unlearning other known facts"),)
+    sequential = None
+    if z["checkpoints"]:
+        stream = Setting(name, "sequential", edits, unlearns, retain_train, retain_eval,
+                         tuple(general), "edits and unlearning requests in batches")
+        sequential = Sequential(stream, z["batch"], tuple(z["checkpoints"]))
+    known = records[:need]
+    corpus = BaseCorpus(tuple((r.prompt, answer(r.answer, None)) for r in known),
+                        tuple((r.paraphrase, answer(r.answer, None)) for r in known),
+                        tuple(general))
+    sizes = {**z, "known_facts": len(known), "edits": h, "unlearns": h,
+             "retain_eval": len(retain_eval), "retain_train": len(retain_train),
+             "locality": len(general)}
+    return Suite(name, scale, corpus, settings, sequential, files, sizes)
+
+
+# ---------------------------------------------------------------- PKU-SafeRLHF
+
+
+def _pku(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
+    w = z["answer_words"]
+    pairs = [p for p in D.load_pku(data_dir)
+             if len(p.prompt.split()) <= z["prompt_words"]
+             and answer(p.safe, w) != answer(p.unsafe, w)]
+    h, ne, nt = z["headline"], z["retain_eval"], z["retain_train"]
+    need = 2 * h + ne + nt
+    if len(pairs) < need:
+        raise ValueError(f"pku: {len(pairs)} usable prompts, the scale needs {need}")
+    edit_rows, unlearn_rows = pairs[:h], pairs[h:2 * h]
+    retain_rows = pairs[2 * h:need]
+    # the base model answers the update prompts unsafely and the retain prompts safely
+    edits = tuple(Case(PieceKind.EDIT, p.prompt, answer(p.safe, w), (), answer(p.unsafe, w))
+                  for p in edit_rows)
+    unlearns = tuple(Case(PieceKind.UNLEARN, p.prompt, answer(p.unsafe, w), (),
+                          alt_answers=()) for p in unlearn_rows)
+    retain = [(p.prompt, answer(p.safe, w)) for p in retain_rows]
+    general = tuple((q, answer(a, 12)) for q, a in D.load_tofu_general(data_dir)[: z["general"]])
+    setting = Setting(name, "joint", edits, unlearns, _retain(retain[ne:]), tuple(retain[:ne]),
+                      general, "unlearn unsafe responses, edit other prompts toward safe ones")
+    corpus = BaseCorpus(tuple((p.prompt, answer(p.unsafe, w)) for p in edit_rows + unlearn_rows)
+                        + tuple(retain), (), general)
+    sizes = {**z, "known_prompts": need, "edits": h, "unlearns": h, "retain_eval": ne,
+             "retain_train": nt, "locality": len(general)}
+    return Suite(name, scale, corpus, (setting,), None, files, sizes)

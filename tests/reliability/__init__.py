@@ -1,0 +1,1 @@
+"""Reliability and security tests: crashes, concurrency, bad input, auth, start-up."""
