@@ -148,6 +148,9 @@ def _bench_argv_start() -> int:
 
 
 def _add_commands(sub: argparse._SubParsersAction) -> None:
+    from benchmarks.serving import register as register_serving
+
+    register_serving(sub)  # loka bench serving [--quick]
     p = sub.add_parser("prepare", help="train (or find cached) the base models of the suites")
     _common(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")

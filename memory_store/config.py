@@ -105,7 +105,7 @@ class IndexSettings(_Strict):
     """FAISS index over memory keys."""
 
     kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
-    # "auto" switches from exact to HNSW at this many memories
+    # "auto" switches from exact to IVF at this many keys
     approximate_from: int = Field(20_000, ge=1)
     hnsw_m: int = Field(32, ge=4, le=256)
     hnsw_ef_search: int = Field(128, ge=1)

@@ -1,7 +1,7 @@
 """FAISS index over memory keys (inner product of unit vectors = cosine similarity).
 
-Exact search (``IndexFlatIP``) by default; HNSW or IVF for large codebooks, chosen explicitly or
-automatically past ``IndexSettings.approximate_from`` memories.
+Exact search (``IndexFlatIP``) by default; HNSW or IVF for large codebooks, chosen explicitly, or
+IVF automatically past ``IndexSettings.approximate_from`` keys.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def retrieval_index(memories, pieces, retrieval: str, settings: IndexSettings,
 def index_kind(settings: IndexSettings, n: int) -> str:
     if settings.kind != "auto":
         return settings.kind
-    return "hnsw" if n >= settings.approximate_from else "flat"
+    # IVF met the 100k-key target at default settings (0.05 ms, recall@1 0.977 on real keys;
+    # 0.29 ms, 1.000 on 768-wide ones) where HNSW missed it (recall 0.930 / 1.13 ms), and it
+    # builds ~2.5x faster (benchmarks/results/serving)
+    return "ivf" if n >= settings.approximate_from else "flat"
 
 
 class KeyIndex:

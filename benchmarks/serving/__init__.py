@@ -3,15 +3,45 @@ baseline side by side (latency, throughput under concurrency, routing cost, sear
 codebook size, resident memory against codebook size, update latency).
 
     python -m benchmarks.serving [--quick]     # writes benchmarks/results/serving/
+    loka bench serving [--quick]               # the same, once ``register`` is wired in
 
 Importing this package loads nothing heavy (the load generator runs as its child process).
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+DEFAULT_OUT = Path("benchmarks/results/serving")
+HELP = "serving speed: base model vs LOKA vs a naive PEFT baseline (about 10 minutes)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    parser.add_argument("--quick", action="store_true",
+                        help="the built-in model only, smaller sizes (about 1 minute)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--large-threads", type=int, default=1,
+                        help="torch threads for the 87M model (default 1)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmarks.serving.run import run_and_write
+
+    return run_and_write(args.quick, args.out, args.large_threads)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serving`` to a command line's sub-commands (``loka bench serving``)."""
+    p = subparsers.add_parser("serving", help=HELP, description=HELP)
+    add_arguments(p)
+    p.set_defaults(func=_run)
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark (see ``benchmarks.serving.run``)."""
-    from benchmarks.serving.run import main as run_main
-
-    return run_main(argv)
+    """``python -m benchmarks.serving``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=HELP)
+    add_arguments(parser)
+    return _run(parser.parse_args(argv))

@@ -4,8 +4,10 @@ For each codebook size (synthetic memories on the built-in model, ``codebook.py`
 size, a fresh process opens the store, serves one request with a fixed memory for *every*
 memory of the codebook (batches of 64, one new token each: every adapter is read from disk once
 and the cache evicts as it goes), and reports its resident set size before and after, its peak,
-and what a cache miss costs. A fresh process per point: freed memory is not always handed back
-to the system, so points measured one after the other in one process would not be independent.
+what it still holds once freed memory is handed back to the system (``malloc_trim``: glibc keeps
+freed heap memory for reuse, so the plain resident set also counts the allocator's reserve,
+which varies from run to run), and what a cache miss costs. A fresh process per point, so that
+points measured one after the other do not share an allocator.
 
     python -m benchmarks.serving.memory --store DIR --model DIR --cache 256   # one point
 """
@@ -13,6 +15,9 @@ to the system, so points measured one after the other in one process would not b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import logging
 import subprocess
@@ -33,6 +38,14 @@ def _rss_mib() -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024
     return round(fields["VmRSS"], 1), round(fields["VmHWM"], 1)
+
+
+def _return_freed_memory() -> None:
+    """Collect garbage and ask glibc to hand freed heap memory back to the system, so that the
+    resident set shows what the process holds, not what its allocator kept for later."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def probe(store: Path, model: Path, cache: int) -> dict:
@@ -56,11 +69,13 @@ def probe(store: Path, model: Path, cache: int) -> dict:
             loka.generate(batch)  # all cached now
             hit.append((time.perf_counter() - t) / len(batch))
     rss_after, peak = _rss_mib()
+    _return_freed_memory()
+    live, _ = _rss_mib()
     rank = loka.config.lora.rank
     adapter_bytes = sum(4 * rank * (t.in_features + t.out_features) for t in loka.layout.targets)
     out = {"memories": len(ids), "cache_size": cache, "cached": len(loka.adapters),
            "adapter_kib": round(adapter_bytes / 1024, 1), "rss_open_mib": rss_open,
-           "rss_after_mib": rss_after, "rss_peak_mib": peak,
+           "rss_after_mib": rss_after, "rss_peak_mib": peak, "rss_live_mib": live,
            "request_ms_adapter_from_disk": round(1000 * sorted(miss)[len(miss) // 2], 3),
            "request_ms_adapter_cached": round(1000 * sorted(hit)[len(hit) // 2], 3)
            if hit else None}
@@ -100,8 +115,9 @@ def measure(model: Path, sizes: tuple[int, ...], caches: tuple[int, ...],
             p = point(store, model, cache or n)
             p["unbounded"] = cache == 0
             points.append(p)
-            logger.info("memory: %d memories, cache %d: RSS %.0f -> %.0f MiB (peak %.0f)", n,
-                        p["cache_size"], p["rss_open_mib"], p["rss_after_mib"], p["rss_peak_mib"])
+            logger.info("memory: %d memories, cache %d: RSS %.0f -> %.0f MiB (peak %.0f, live "
+                        "%.0f)", n, p["cache_size"], p["rss_open_mib"], p["rss_after_mib"],
+                        p["rss_peak_mib"], p["rss_live_mib"])
     return {"points": points}
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
 import os
 import platform
 import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.serving import DEFAULT_OUT
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path("benchmarks/results/serving")
 
 NOTES = [
     "- **What runs**: one process serves the real service (uvicorn on 127.0.0.1) with the model;"
@@ -70,11 +69,11 @@ def run(quick: bool, out: Path, large_threads: int) -> dict:
         loka.close()
         res["memory"] = memory.measure(
             default, (100, 1_000) if quick else (100, 1_000, 10_000),
-            (256, 0) if quick else (64, 256, 0), work)
+            (64, 0) if quick else (64, 256, 0), work)
         res["updates"] = updates.measure(default, (1, 5) if quick else (1, 20, 100), work)
         logger.info("removing the temporary stores")
     res["meta"] = {
-        "command": "python -m benchmarks.serving " + shlex.join(sys.argv[1:]),
+        "command": command(quick, out, large_threads),
         "machine": _machine(), "date": datetime.date.today().isoformat(),
         "seconds": round(time.perf_counter() - started, 1), "quick": quick,
         "large_model_threads": large_threads,
@@ -99,21 +98,23 @@ def write(res: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(res, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.serving",
-        description="Serving performance: base model vs LOKA vs a naive PEFT baseline.")
-    parser.add_argument("--quick", action="store_true",
-                        help="the built-in model only, smaller sizes (about 3 minutes)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--large-threads", type=int, default=1,
-                        help="torch threads for the 87M model (default 1)")
-    args = parser.parse_args(argv)
+def command(quick: bool, out: Path, large_threads: int) -> str:
+    """The command line that reruns this measurement."""
+    parts = ["python", "-m", "benchmarks.serving"] + (["--quick"] if quick else [])
+    if out != DEFAULT_OUT:
+        parts += ["--out", str(out)]
+    if large_threads != 1:
+        parts += ["--large-threads", str(large_threads)]
+    return shlex.join(parts)
+
+
+def run_and_write(quick: bool, out: Path, large_threads: int) -> int:
+    """Run everything, write the results; the exit status."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "faiss.loader", "memory_store.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    res = run(args.quick, args.out, args.large_threads)
-    write(res, args.out)
-    logger.info("wrote %s", args.out / "results.md")
+    res = run(quick, out, large_threads)
+    write(res, out)
+    logger.info("wrote %s", out / "results.md")
     return 0

@@ -64,6 +64,6 @@ def test_exact_and_approximate_index_agree(tmp_path):
                                                           strict=True)])
         assert recall >= 0.95
     auto = KeyIndex(keys, ids, IndexSettings(kind="auto", approximate_from=1000))
-    assert auto.kind == "hnsw"
+    assert auto.kind == "ivf"
     exact.save(tmp_path / "i.faiss")
     assert KeyIndex.read_count(tmp_path / "i.faiss") == 2000

@@ -66,7 +66,7 @@ def test_index_kind_switches_at_the_threshold() -> None:
     keys /= np.linalg.norm(keys, axis=1, keepdims=True)
     assert KeyIndex(keys[:49], [f"m{i}" for i in range(49)], settings).kind == "flat"
     approximate = KeyIndex(keys, [f"m{i}" for i in range(50)], settings)
-    assert approximate.kind == "hnsw"
+    assert approximate.kind == "ivf"
     _, names = approximate.search(keys, 1)
     assert [n[0] for n in names] == [f"m{i}" for i in range(50)]
 
@@ -79,7 +79,7 @@ def test_engine_serves_a_large_codebook_with_the_approximate_index(
     loka.close()
     loka = Loka.open(tmp_path, codebook.model, config=config)
     try:
-        assert loka.codebook_info()["index"] == "hnsw"
+        assert loka.codebook_info()["index"] == "ivf"
         assert [r.memory_id for r in loka.route(codebook.prompts)] == memories
     finally:
         loka.close()
