@@ -10,9 +10,9 @@ import numpy as np
 from benchmarks.serving.codebook import publish_synthetic, random_adapter, write_adapter
 from memory_store import Loka, LokaConfig
 from memory_store.config import IndexSettings
-from memory_store.engine import AdapterCache
 from memory_store.lora.weights import adapter_hash
 from memory_store.routing.index import KeyIndex
+from memory_store.serving.adapters import AdapterCache
 from memory_store.types import GenerationRequest
 
 from .conftest import B_STD, Codebook
