@@ -180,7 +180,7 @@ class BatchGenerator:
         self.single_pass = min(layout.lora_layers, default=layout.key_layer) >= layout.key_layer
         install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
         self.eos = tokenizer.eos_token_id
-        # benchmarks only (as vLLM's ignore_eos): every row generates max_new_tokens
+        # for benchmarking only (as vLLM's ignore_eos): every row generates max_new_tokens
         self.ignore_eos = False
         self.stats = GenerationStats()
         self._stats_lock = threading.Lock()
