@@ -136,14 +136,6 @@ def _unblob(b: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(b, dtype=np.float32).reshape(-1, dim).copy()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Store:
     """SQLite metadata + immutable files. Thread-safe; one writer at a time."""
 

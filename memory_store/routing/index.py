@@ -6,13 +6,13 @@ IVF automatically past ``IndexSettings.approximate_from`` keys.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from memory_store.config import IndexSettings
+from memory_store.files import write_atomically
 
 
 def retrieval_index(memories, pieces, retrieval: str, settings: IndexSettings,
@@ -80,11 +80,7 @@ class KeyIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename)."""
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
 
     @staticmethod
     def read_count(path: Path) -> int:
