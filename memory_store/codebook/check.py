@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from memory_store.codebook.store import DB_NAME, Store, connect_read_only
 from memory_store.errors import LokaError
 from memory_store.lora.weights import adapter_hash, load_adapter
@@ -143,7 +145,5 @@ def _index_count(path: Path, n_piece_keys: int, n_memories: int) -> str | None:
 
 
 def _gate_loads(path: Path) -> str | None:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     return None if tensors else "empty"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging as hf_logging
 
 from memory_store.config import KeySettings, LoraSettings
 from memory_store.errors import InvalidInput
@@ -92,8 +93,6 @@ def load_model(
     name_or_path: str | Path, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer with ``from_pretrained``; the model is frozen."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # a server's log is no place for per-load bars
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype))
