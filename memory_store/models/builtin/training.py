@@ -1,5 +1,5 @@
 """Training a small GPT-2 from scratch on CPU until it knows its corpus: the built-in model
-(``builder``) and the benchmarks' base models are both made this way.
+(``builder``) and the base models of the benchmark suites are both made this way.
 
 Deterministic: one thread, every RNG seeded (``training_environment``), a fixed schedule (linear
 warmup, then linear decay to 10%), and evaluation every ``eval_every`` steps until the targets
