@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memory_store.model_access import ModelLayout, _get
+from memory_store.models.access import ModelLayout, get_module
 
 
 class _Stop(Exception):
@@ -97,7 +97,7 @@ def encode_batch(model: nn.Module, tokenizer, prompts: Sequence[str]) -> dict[st
 def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
              pooling: str = "mean", batch_size: int = 64) -> torch.Tensor:
     """(N, d) pooled hidden states at the key layer, before centring."""
-    install_key_hook(_get(model, layout.blocks_path)[layout.key_layer])
+    install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])
@@ -136,3 +136,30 @@ CALIBRATION_PROMPTS: tuple[str, ...] = (
     "The currency used there is", "The mountain is known for", "The recipe calls for",
     "The sport they love is", "Q: What is the profession of the man?\nA:",
 )
+
+
+class KeyEncoder:
+    """Unit keys on the frozen model: the pooled hidden state at the key layer, minus the
+    store's key centre, normalised. One per engine; thread-safe (reads only)."""
+
+    def __init__(self, model: nn.Module, tokenizer, layout: ModelLayout, pooling: str,
+                 centre: torch.Tensor) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.pooling = pooling
+        self.centre = centre
+
+    def keys(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, d) float32 unit keys of ``prompts``."""
+        return compute_keys(self.model, self.tokenizer, self.layout, list(prompts), self.centre,
+                            self.pooling)
+
+    def unit(self, raw: torch.Tensor) -> np.ndarray:
+        """(N, d) raw pooled keys (as the routing hook sees them) -> (N, d) unit keys."""
+        return normalise(raw.float().cpu(), self.centre).numpy()
+
+
+def key_centre(model: nn.Module, tokenizer, layout: ModelLayout, pooling: str) -> torch.Tensor:
+    """(d,) mean raw key of ``CALIBRATION_PROMPTS``: computed once, when a store is created."""
+    return raw_keys(model, tokenizer, layout, CALIBRATION_PROMPTS, pooling).mean(0)

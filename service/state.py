@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from memory_store import Loka
 from service.config import Settings
-from service.generation import Generator
 from service.jobs import JobQueue
 from service.metrics import Metrics
+from service.scheduler import GenerationScheduler
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ServiceState:
     metrics: Metrics
     engine: Loka | None = None
     jobs: JobQueue | None = None
-    generator: Generator | None = None
+    generator: GenerationScheduler | None = None
     load_error: str | None = None
     closing: bool = False
     # called (from the loader thread) when loading fails; ``python -m service`` exits then

@@ -1,0 +1,52 @@
+"""Update methods behind one typed entry point, chosen by name from :data:`METHODS`.
+
+``METHODS[name](model_dir, pieces, retain, budget, seed, workdir) -> Served``: LOKA, its
+ablations, the single-adapter baselines, a GRACE-style codebook and the untouched base model.
+"""
+
+from __future__ import annotations
+
+from benchmarks.methods.adapter import RECIPES, AdapterServed, fit_adapter
+from benchmarks.methods.base import Budget, MethodFactory, Served, UpdateStats
+from benchmarks.methods.codebook import VARIANTS, LokaServed, budget_config, fit_codebook
+
+_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "loka": ("loka", "LOKA, default config: similarity-aware codebook, conflict-aware "
+                     "training, learned gate"),
+    "ft_lora": ("baseline", "one LoRA on the joint loss: NLL on edits + NPO on unlearning"),
+    "ga": ("baseline", "one LoRA: NLL on edits + gradient ascent on unlearning"),
+    "grad_diff": ("baseline", "one LoRA: NLL on edits + gradient ascent + NLL on retain"),
+    "npo_kl": ("baseline", "one LoRA: NLL on edits + NPO + KL to the base on retain"),
+    "grace": ("baseline", "GRACE-style codebook: one LoRA value per piece, nearest key within "
+                          "a deferral radius, no gate, no retain term"),
+    "loka_dense": ("ablation", "LOKA with one dense memory for everything"),
+    "loka_per_piece": ("ablation", "LOKA with one memory per piece (capacity 1)"),
+    "loka_no_router": ("ablation", "LOKA without the gate: every query to its nearest memory"),
+    "loka_never_split": ("ablation", "LOKA that never splits (always MGDA multi-task)"),
+    "loka_always_split": ("ablation", "LOKA that always splits mixed clusters"),
+    "base": ("reference", "the base model, no update"),
+}
+
+
+def _factory(name: str) -> MethodFactory:
+    family, text = _DESCRIPTIONS[name]
+    fit = fit_codebook(name) if name in VARIANTS else fit_adapter(name)
+    return MethodFactory(name, family, text, fit)
+
+
+METHODS: dict[str, MethodFactory] = {name: _factory(name) for name in _DESCRIPTIONS}
+HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "grace")
+ABLATIONS = tuple(n for n, m in METHODS.items() if m.family == "ablation")
+
+
+def get_method(name: str) -> MethodFactory:
+    """The registered method ``name``; ``KeyError`` listing the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+__all__ = ["ABLATIONS", "HEADLINE", "METHODS", "RECIPES", "VARIANTS", "AdapterServed", "Budget",
+           "LokaServed", "MethodFactory", "Served", "UpdateStats", "budget_config",
+           "get_method"]

@@ -1,0 +1,374 @@
+"""One codebook change, built off to the side and published atomically.
+
+``Updater`` takes the current snapshot and produces the next version. Plan: supersession ->
+keys -> mapping (LSH join, then capacity-bounded k-means) -> conflict score (split or MGDA).
+Train: the touched memories only. Publish: index, gate, then one store transaction.
+Everything it needs from the engine comes in an ``UpdateContext``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
+from memory_store.config import LokaConfig
+from memory_store.errors import Cancelled
+from memory_store.ids import id_number, memory_id, piece_id
+from memory_store.keys import KeyEncoder
+from memory_store.lora.weights import adapter_hash, save_adapter
+from memory_store.models.access import ModelLayout
+from memory_store.routing.gate import Gate, save_gate, train_gate
+from memory_store.routing.index import KeyIndex, retrieval_index
+from memory_store.types import (
+    CancelCheck,
+    ConflictDecision,
+    PieceKind,
+    PieceSpec,
+    ProgressCallback,
+    PublishRecord,
+    RetainSpec,
+    UpdateOptions,
+    UpdateResult,
+)
+from memory_store.update import conflict
+from memory_store.update.mapping import Group, LshTable, capacity_kmeans, join_existing
+from memory_store.update.supersede import deduplicate, norm_prompt, superseded
+from memory_store.update.trainer import MemoryTask, train_memory
+
+logger = logging.getLogger(__name__)
+
+
+class Background:
+    """Hard-negative prompts (the base model's own knowledge, general text) and their keys,
+    computed on first use."""
+
+    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder) -> None:
+        self.prompts = tuple(dict.fromkeys(prompts))
+        self._encoder = encoder
+        self._keys: np.ndarray | None = None
+
+    def keys(self) -> np.ndarray:
+        if self._keys is None:
+            self._keys = self._encoder.keys(self.prompts)
+        return self._keys
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What an update needs from the engine: the frozen model and where it hooks in, the
+    method's settings, the key encoder, the store and the LSH table pinned in it."""
+
+    model: object
+    tokenizer: object
+    model_name: str
+    layout: ModelLayout
+    config: LokaConfig
+    encoder: KeyEncoder
+    background: Background
+    store: Store
+    lsh: LshTable
+
+
+class Updater:
+    """Builds the version after ``snapshot``; one instance per change (``apply``,
+    ``remove_pieces`` or ``drop_memory``), run under the engine's write lock."""
+
+    def __init__(self, ctx: UpdateContext, snapshot: Snapshot, options: UpdateOptions | None,
+                 progress: ProgressCallback | None, should_cancel: CancelCheck | None,
+                 on_publish: PublishRecord | None = None) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.snap = snapshot
+        overrides = {}
+        if options is not None:
+            for name in ("unlearn_loss", "steps", "learning_rate", "seed"):
+                value = getattr(options, name)
+                if value is not None:
+                    overrides[name] = value
+        self.trainer = self.cfg.trainer.model_copy(update=overrides)
+        self.progress = progress or (lambda stage, step, total: None)
+        self.should_cancel = should_cancel or (lambda: False)
+        self.on_publish = on_publish
+        self.memories = dict(snapshot.memories)
+        self.pieces = dict(snapshot.pieces)
+        self.retain = list(snapshot.retain)
+        self.touched: set[str] = set()
+        self.created: list[str] = []
+        self.removed_memories: list[str] = []
+        self.pieces_added: list[str] = []
+        self.pieces_removed: list[str] = []
+        self.decisions: dict[str, ConflictDecision] = {}
+        self.update_retain: list[tuple[str, str]] = []
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ entry points
+    def apply(self, specs: Sequence[PieceSpec], retain: Sequence[RetainSpec]) -> UpdateResult:
+        self.progress("keys", 0, 1)
+        texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
+        all_keys = self.ctx.encoder.keys(texts + [r.prompt for r in retain])
+        piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
+        self._add_retain(retain, retain_keys)
+        self.progress("keys", 1, 1)
+        for pid in superseded(self.pieces.values(), specs):
+            self._remove_piece(pid)
+        offsets = np.cumsum([0] + [1 + len(s.paraphrases) for s in specs])
+        kept = deduplicate(specs)
+        new_ids = [piece_id(n) for n in self.ctx.store.next_ids("piece", len(kept))]
+        now = time.time()
+        for pid, i in zip(new_ids, kept, strict=True):
+            spec = specs[i]
+            keys = piece_keys[offsets[i]:offsets[i + 1]]
+            self.pieces[pid] = PieceRecord(pid, spec.kind, spec.prompt, spec.target,
+                                           tuple(spec.paraphrases), "", keys, now)
+        self.pieces_added = new_ids
+        groups = self._map(new_ids)
+        return self._train_and_publish(groups, f"update: {len(specs)} pieces")
+
+    def remove_pieces(self, piece_ids: Sequence[str], reason: str) -> UpdateResult:
+        for pid in piece_ids:
+            self._remove_piece(pid)
+        return self._train_and_publish(self._touched_groups([]), reason)
+
+    def drop_memory(self, memory_id: str) -> UpdateResult:
+        for pid in [p.id for p in self.pieces.values() if p.memory_id == memory_id]:
+            del self.pieces[pid]
+            self.pieces_removed.append(pid)
+        del self.memories[memory_id]
+        self.removed_memories.append(memory_id)
+        return self._train_and_publish([], f"delete memory {memory_id}")
+
+    # ------------------------------------------------------------------ steps
+    def _add_retain(self, retain: Sequence[RetainSpec], keys: np.ndarray) -> None:
+        have = {(r.prompt, r.target) for r in self.retain}
+        for spec, key in zip(retain, keys, strict=True):
+            self.update_retain.append((spec.prompt, spec.target))
+            if (spec.prompt, spec.target) not in have:
+                self.retain.append(RetainRecord(spec.prompt, spec.target, key))
+                have.add((spec.prompt, spec.target))
+
+    def _remove_piece(self, pid: str) -> None:
+        piece = self.pieces.pop(pid)
+        self.pieces_removed.append(pid)
+        if piece.memory_id in self.memories:
+            self.touched.add(piece.memory_id)
+
+    def _members(self, memory_id: str) -> list[str]:
+        return [p.id for p in self.pieces.values() if p.memory_id == memory_id]
+
+    def _map(self, new_ids: list[str]) -> list[Group]:
+        """LSH join into existing memories with room; the rest by capacity-bounded k-means."""
+        m = self.cfg.mapping
+        counts = {mid: len(self._members(mid)) for mid in self.memories}
+        prompt_keys = np.stack([self.pieces[p].keys[0] for p in new_ids])
+        joined, rest = join_existing(new_ids, prompt_keys, self.memories, counts, self.ctx.lsh,
+                                     m)
+        for mid, pids in joined.items():
+            self.touched.add(mid)
+            for pid in pids:
+                self._assign(pid, mid)
+        groups = []
+        if rest:
+            keys = np.stack([self.pieces[p].keys[0] for p in rest])
+            labels = capacity_kmeans(keys, m.capacity, m.kmeans_iters, self.cfg.trainer.seed)
+            for label in sorted(set(labels.tolist())):
+                groups.append(Group([p for p, lab in zip(rest, labels, strict=True)
+                                     if lab == label]))
+        return self._touched_groups(groups)
+
+    def _assign(self, pid: str, memory_id: str) -> None:
+        p = self.pieces[pid]
+        self.pieces[pid] = PieceRecord(p.id, p.kind, p.prompt, p.target, p.paraphrases,
+                                       memory_id, p.keys, p.created_at, p.added_in)
+
+    def _touched_groups(self, groups: list[Group]) -> list[Group]:
+        for mid in sorted(self.touched):
+            members = self._members(mid)
+            if members:
+                groups.insert(0, Group(members, memory_id=mid))
+            else:
+                del self.memories[mid]
+                self.removed_memories.append(mid)
+        return groups
+
+    # ------------------------------------------------------------------ conflict
+    def _resolve_conflicts(self, groups: list[Group]) -> list[Group]:
+        out = []
+        for g in groups:
+            kinds = {self.pieces[p].kind for p in g.piece_ids}
+            if len(kinds) == 1:
+                g.kind = str(kinds.pop())
+                out.append(g)
+                continue
+            self.progress("conflict", len(out), len(groups))
+            decision = self._conflict(g)
+            if decision.decision == "split":
+                edits = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.EDIT]
+                unlearns = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.UNLEARN]
+                keep_edit = self._existing_kind(g) != "unlearn"
+                first = Group(edits if keep_edit else unlearns, g.memory_id, decision,
+                              kind="edit" if keep_edit else "unlearn")
+                second = Group(unlearns if keep_edit else edits, None, decision,
+                               kind="unlearn" if keep_edit else "edit")
+                out += [first, second]
+            else:
+                out.append(Group(g.piece_ids, g.memory_id, decision, multitask=True,
+                                 kind="mixed"))
+        return out
+
+    def _existing_kind(self, g: Group) -> str | None:
+        rec = self.memories.get(g.memory_id) if g.memory_id else None
+        return rec.kind if rec else None
+
+    def _conflict(self, g: Group) -> ConflictDecision:
+        ctx = self.ctx
+        return conflict.decide(ctx.model, ctx.tokenizer, ctx.layout,
+                               self._task(g, with_retain=False), self.trainer, self.cfg.lora,
+                               self.cfg.conflict)
+
+    # ------------------------------------------------------------------ training
+    def _task(self, g: Group, with_retain: bool = True) -> MemoryTask:
+        task = MemoryTask()
+        for pid in g.piece_ids:
+            p = self.pieces[pid]
+            pairs = [(q, p.target) for q in (p.prompt, *p.paraphrases)]
+            (task.edits if p.kind == PieceKind.EDIT else task.unlearns).extend(pairs)
+        if with_retain:
+            task.retain = self._retain_for(g)
+        return task
+
+    def _centroid(self, piece_ids: Sequence[str]) -> np.ndarray:
+        keys = np.concatenate([self.pieces[p].keys for p in piece_ids])
+        c = keys.mean(0)
+        return (c / (np.linalg.norm(c) + 1e-12)).astype(np.float32)
+
+    def _stored_texts(self) -> set[str]:
+        return {norm_prompt(q) for p in self.pieces.values() for q in (p.prompt, *p.paraphrases)}
+
+    def _retain_for(self, g: Group) -> list[tuple[str, str]]:
+        """The update's retain prompts, then the stored retain prompts and background prompts
+        nearest to the memory (hard negatives), up to ``max_retain``."""
+        limit = self.trainer.max_retain
+        centre = self._centroid(g.piece_ids)
+        # the update's own retain prompts first (+2 outranks any cosine), nearest first
+        own = set(self.update_retain)
+        stored = self._stored_texts()
+        candidates: list[tuple[float, tuple[str, str]]] = []
+        for r in self.retain:
+            pair = (r.prompt, r.target)
+            candidates.append((float(r.key @ centre) + (2.0 if pair in own else 0.0), pair))
+        for prompt, key in self._background_negatives():
+            if norm_prompt(prompt) not in stored:
+                candidates.append((float(key @ centre), (prompt, "")))
+        candidates.sort(key=lambda c: -c[0])
+        chosen: list[tuple[str, str]] = []
+        for _, pair in candidates:
+            if len(chosen) >= limit:
+                break
+            if pair not in chosen:
+                chosen.append(pair)
+        return chosen
+
+    def _background_negatives(self) -> list[tuple[str, np.ndarray]]:
+        """Background prompts usable as negatives: not a stored text and not so close to a
+        stored key that they are probably unlisted paraphrases."""
+        prompts, bg = self.ctx.background.prompts, self.ctx.background.keys()
+        if not len(bg) or not self.pieces:
+            return list(zip(prompts, bg, strict=True))
+        pos = np.concatenate([p.keys for p in self.pieces.values()])
+        near = (bg @ pos.T).max(1) >= self.cfg.router.exclude_similarity
+        stored = self._stored_texts()
+        return [(q, k) for q, k, n in zip(prompts, bg, near, strict=True)
+                if not n and norm_prompt(q) not in stored]
+
+    def _train_and_publish(self, groups: list[Group], reason: str) -> UpdateResult:
+        groups = self._resolve_conflicts(groups)
+        fresh = [g for g in groups if g.memory_id is None]
+        for g, n in zip(fresh, self.ctx.store.next_ids("memory", len(fresh)), strict=True):
+            g.memory_id = memory_id(n)
+            self.created.append(g.memory_id)
+        steps = self.trainer.steps
+        total = steps * len(groups)
+        for i, g in enumerate(groups):
+            if self.should_cancel():
+                raise Cancelled("update cancelled")
+            self._train_group(g, lambda s, _t, i=i: self.progress("train", i * steps + s, total))
+        self.progress("router", 0, 1)
+        return self._publish(reason)
+
+    def _train_group(self, g: Group, progress) -> None:
+        ctx = self.ctx
+        for pid in g.piece_ids:
+            self._assign(pid, g.memory_id)
+        seed = self.trainer.seed * 1_000_003 + id_number(g.memory_id)
+        weights, stats = train_memory(ctx.model, ctx.tokenizer, ctx.layout, self._task(g),
+                                      self.trainer, self.cfg.lora, multitask=g.multitask,
+                                      seed=seed, progress=progress,
+                                      should_cancel=self.should_cancel)
+        if not stats.converged:
+            logger.warning("memory %s did not reach its targets in %d steps", g.memory_id,
+                           stats.steps)
+        digest = adapter_hash(weights)
+        adapter_dir = f"adapters/{g.memory_id}/{digest}"
+        save_adapter(weights, ctx.layout, ctx.model_name, ctx.store.root / adapter_dir)
+        key = self._centroid(g.piece_ids)
+        variant_sims = np.concatenate([self.pieces[p].keys for p in g.piece_ids]) @ key
+        stats_ = {"min": float(variant_sims.min()), "mean": float(variant_sims.mean()),
+                  "max": float(variant_sims.max()), "steps": float(stats.steps),
+                  "converged": float(stats.converged)}
+        old = self.memories.get(g.memory_id)
+        self.memories[g.memory_id] = MemoryRecord(
+            g.memory_id, g.kind, digest, adapter_dir, key,
+            int(ctx.lsh.buckets(key[None])[0]), g.conflict or (old.conflict if old else None),
+            stats_, stats.loss, old.created_at if old else time.time())
+        if g.conflict is not None:
+            self.decisions[g.memory_id] = g.conflict
+
+    # ------------------------------------------------------------------ router and publish
+    def _publish(self, reason: str) -> UpdateResult:
+        store = self.ctx.store
+        version = store.next_version()
+        mems = [self.memories[k] for k in sorted(self.memories)]
+        gate_file = index_file = None
+        if mems:
+            index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
+                                    self.cfg.index, self.ctx.layout.hidden_size)
+            index_file = f"versions/v{version}.faiss"
+            index.save(store.root / index_file)
+            gate = self._train_gate(index)
+            if gate is not None:
+                gate_file = f"versions/v{version}.gate"
+                save_gate(gate, store.root / gate_file)
+        if self.should_cancel():
+            raise Cancelled("update cancelled")
+        self.progress("publish", 0, 1)
+        updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
+        result = UpdateResult(version, tuple(self.created), tuple(updated),
+                              tuple(self.removed_memories), tuple(self.pieces_added),
+                              tuple(self.pieces_removed), dict(self.decisions),
+                              time.perf_counter() - self.started)
+        extra = self.on_publish(result) if self.on_publish is not None else ()
+        store.publish(version, mems, self.pieces.values(), self.retain, gate_file=gate_file,
+                      index_file=index_file, reason=reason, extra_sql=extra)
+        self.progress("publish", 1, 1)
+        return result
+
+    def _train_gate(self, index: KeyIndex) -> Gate | None:
+        if not self.cfg.router.enabled:
+            return None
+        pos = np.concatenate([p.keys for p in self.pieces.values()])
+        negs = [r.key for r in self.retain] + [k for _, k in self._background_negatives()]
+        neg = np.stack(negs) if negs else np.zeros((0, pos.shape[1]), np.float32)
+        if self.cfg.router.retrieval == "piece" and len(index) > 1:
+            # leave-one-out: a stored key finds itself at similarity 1; an unseen paraphrase
+            # would not, so the gate learns from the next-nearest key instead (the gate is
+            # monotone in similarity, so the stored prompt itself is accepted as well)
+            pos_sims = index.search(pos, 2)[0][:, 1]
+        else:
+            pos_sims = index.search(pos, 1)[0][:, 0]
+        neg_sims = index.search(neg, 1)[0][:, 0] if len(neg) else np.zeros(0, np.float32)
+        return train_gate(pos, pos_sims, neg, neg_sims, self.cfg.router)

@@ -1,0 +1,273 @@
+"""Generation off the event loop: concurrent requests are batched, streams get their own thread.
+
+Requests are served by continuous batching: one worker thread keeps a running batch of rows
+(``Loka.batch()``) and, between two decoding steps, lets the requests that arrived meanwhile
+join it (up to ``max_batch_size`` rows; one prefill for all of them, each row routed on its own)
+while finished rows leave at once. When the batch is empty, the first request waits at most
+``batch_wait_ms`` for company. Requests that fail to join together (an unknown memory id) join
+one by one, so each request gets its own answer or error. A stream runs the engine's
+``generate_stream`` iterator in one thread from start to end (torch's grad mode is per thread)
+and hands chunks to the event loop; a client that goes away stops it at the next chunk.
+
+Serving forwards run one at a time (batch steps, joins, stream steps, routing), under one lock:
+the engine installs its key and routing hooks on the shared model for the duration of a forward,
+and on CPU concurrent forwards buy little that batching does not. Training jobs run beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memory_store.errors import InvalidInput, LokaError
+from memory_store.types import GenerationRequest, GenerationResult, Route
+from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from memory_store import Loka
+    from memory_store.serving.runtime import ServingBatch
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class _Item:
+    request: GenerationRequest
+    field: str
+    future: asyncio.Future[GenerationResult]
+    loop: asyncio.AbstractEventLoop
+    joined: float = 0.0  # perf_counter when it joined the running batch
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed text; the last chunk of a stream carries the result."""
+
+    text: str
+    result: GenerationResult | None
+
+
+def _resolve(item: _Item, result: GenerationResult | None, error: BaseException | None) -> None:
+    def settle() -> None:
+        if item.future.done():  # the caller went away
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed (shutdown)
+        item.loop.call_soon_threadsafe(settle)
+
+
+class GenerationScheduler:
+    """Serves generation requests with the engine from worker threads."""
+
+    def __init__(
+        self,
+        engine: Loka,
+        metrics: Metrics,
+        *,
+        max_prompt_tokens: int,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 2.0,
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._max_prompt_tokens = max_prompt_tokens
+        self._max_batch = max_batch_size
+        self._wait_s = batch_wait_ms / 1000.0
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._forward = threading.Lock()  # one serving forward at a time
+        # a private tokenizer for counting: the engine's one changes its padding state while it
+        # encodes batches, and a fast tokenizer refuses concurrent use while that happens
+        self._counter = copy.deepcopy(engine.tokenizer)
+        self._count_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="loka-generate", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker thread after the requests already queued."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def route(self, prompts: Sequence[str]) -> list[Route]:
+        """The engine's routes for ``prompts`` (blocking; call it from a worker thread)."""
+        with self._forward:
+            return self._engine.route(prompts)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (no special tokens)."""
+        with self._count_lock:
+            return len(self._counter(text, add_special_tokens=False)["input_ids"])
+
+    def _check_prompt(self, request: GenerationRequest, field: str) -> None:
+        n = self.count_tokens(request.prompt)
+        if n > self._max_prompt_tokens:
+            raise InvalidInput(
+                f"{field}: at most {self._max_prompt_tokens} prompt tokens (got {n})", field=field
+            )
+
+    # -- batched generation -------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, field: str = "prompt") -> GenerationResult:
+        """Generate one completion (batched with whatever else is waiting)."""
+        return (await self.generate_many([request], field))[0]
+
+    async def generate_many(
+        self, requests: Sequence[GenerationRequest], field: str = "prompt"
+    ) -> list[GenerationResult]:
+        """Generate several completions; the first error is raised."""
+        loop = asyncio.get_running_loop()
+        items = [_Item(r, field, loop.create_future(), loop) for r in requests]
+        for item in items:
+            self._queue.put(item)
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    def _work(self) -> None:
+        batch = self._engine.batch()
+        stopping = False
+        while True:
+            if not len(batch):
+                if stopping:
+                    return
+                first = self._queue.get()  # idle: block until a request comes
+                if first is _STOP:
+                    return
+                arrived, stopping = self._gather([first], time.monotonic() + self._wait_s)
+            elif batch.can_join and not stopping:
+                arrived, stopping = self._gather([], None, self._max_batch - len(batch))
+            else:
+                arrived = []
+            if arrived:
+                self._join(batch, arrived)
+            if len(batch):
+                self._step(batch)
+
+    def _gather(self, items: list[Any], deadline: float | None,
+                room: int | None = None) -> tuple[list[_Item], bool]:
+        """More queued requests: wait until ``deadline`` for them, or (None) take only what is
+        queued. Returns them and whether the stop sentinel was met."""
+        room = self._max_batch if room is None else room
+        while len(items) < room:
+            try:
+                if deadline is None:
+                    nxt = self._queue.get_nowait()
+                else:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _join(self, batch: ServingBatch, items: list[_Item]) -> None:
+        """Let ``items`` join the running batch: together if they can, else one by one."""
+        ready: list[_Item] = []
+        for item in items:
+            if item.future.done():  # cancelled while waiting
+                continue
+            try:
+                self._check_prompt(item.request, item.field)
+            except LokaError as exc:
+                _resolve(item, None, exc)
+                continue
+            ready.append(item)
+        if not ready:
+            return
+        now = time.perf_counter()
+        for item in ready:
+            item.joined = now
+        try:
+            with self._forward:
+                batch.add([i.request for i in ready], ready)
+        except Exception as exc:
+            if len(ready) == 1:
+                _resolve(ready[0], None, exc)
+                return
+            logger.debug("%d requests failed to join (%s); joining one by one", len(ready), exc)
+            for item in ready:
+                self._join(batch, [item])
+
+    def _step(self, batch: ServingBatch) -> None:
+        """One decoding step of the running batch; answer the requests that finished."""
+        running = batch.tags()
+        try:
+            with self._forward:
+                finished = batch.step()
+        except Exception as exc:  # the batch is gone: every running request gets the error
+            logger.exception("a decoding step failed")
+            for item in running:
+                _resolve(item, None, exc)
+            return
+        now = time.perf_counter()
+        for item, result in finished:
+            self._metrics.observe_generation(item.request.memory, result, now - item.joined,
+                                             stream=False)
+            _resolve(item, result, None)
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    async def stream(
+        self, request: GenerationRequest, field: str = "prompt"
+    ) -> AsyncIterator[Chunk]:
+        """Stream one completion. Errors before the first chunk are raised by the first step."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, value)
+            except RuntimeError:  # loop closed
+                cancel.set()
+
+        def run() -> None:
+            start = time.perf_counter()
+            try:
+                self._check_prompt(request, field)
+                iterator = self._engine.generate_stream(request)
+                try:
+                    while not cancel.is_set():
+                        with self._forward:  # one decoding step
+                            chunk = next(iterator, None)
+                        if chunk is None:
+                            break
+                        result = getattr(chunk, "result", None)
+                        if result is not None:
+                            self._metrics.observe_generation(
+                                request.memory, result, time.perf_counter() - start, stream=True
+                            )
+                        put(Chunk(text=chunk.text, result=result))
+                finally:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+            except BaseException as exc:  # handed to the event loop, raised there
+                put(exc)
+            put(_STOP)
+
+        threading.Thread(target=run, name="loka-stream", daemon=True).start()
+        try:
+            while True:
+                value = await chunks.get()
+                if value is _STOP:
+                    return
+                if isinstance(value, BaseException):
+                    raise value
+                yield value
+        finally:
+            cancel.set()
