@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,17 @@ import torch
 from memory_store import keys as keymod
 from memory_store import pieces_io
 from memory_store.config import LokaConfig
-from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound, StoreError
+from memory_store.errors import (
+    ConflictError,
+    HeadMoved,
+    InvalidInput,
+    ModelMismatch,
+    NotFound,
+    StoreError,
+)
 from memory_store.generation import Generator, RowPlan, RunningBatch
 from memory_store.ids import is_memory_id, is_piece_id
-from memory_store.index import KeyIndex, retrieval_index
+from memory_store.index import KeyIndex, retrieval_rows
 from memory_store.lora import AdapterWeights, adapter_hash, inject, load_adapter
 from memory_store.model_access import describe, fingerprint, load_model
 from memory_store.router import Gate, load_gate
@@ -50,6 +58,8 @@ from memory_store.types import (
 logger = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMS = 50_000_000
+# re-plans of one change when other writers keep publishing first
+MAX_REPLANS = 20
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,7 @@ class Loka:
         self.generator = Generator(model, tokenizer, self.layout, config.keys.pooling)
         self.adapters = AdapterCache(store.root, adapter_cache_size)
         self._write_lock = threading.Lock()
+        self._live_lock = threading.Lock()  # one reload of the view at a time
         self._centre = self._load_centre()
         self._background = tuple(dict.fromkeys(background_prompts))
         self._background_keys: np.ndarray | None = None
@@ -171,8 +182,12 @@ class Loka:
     def open(cls, store_dir: Path | str, model: str | Path | None = None,
              config: LokaConfig | None = None, dtype: str = "float32", device: str = "cpu",
              progress: bool = False, background_prompts: Sequence[str] | None = None,
-             adapter_cache_size: int = 256, threads: int | None = None) -> Loka:
+             adapter_cache_size: int = 256, threads: int | None = None,
+             database_url: str | None = None) -> Loka:
         """Open (or create) the store at ``store_dir`` on ``model`` (None: the built-in model).
+
+        ``database_url`` (default: ``LOKA_DATABASE_URL``) puts the codebook's tables in
+        PostgreSQL; the files stay in ``store_dir`` (a volume shared by every process).
 
         ``threads`` sets torch's intra-op threads for the process; None picks 1 for models under
         50M parameters, where thread synchronisation costs more than it saves (a 20+20 update
@@ -185,7 +200,9 @@ class Loka:
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
         # the store first: a read-only, full or corrupted store fails before a long model load
-        store = Store(Path(store_dir))
+        if database_url is None:
+            database_url = os.environ.get("LOKA_DATABASE_URL") or None
+        store = Store(Path(store_dir), database_url=database_url)
         try:
             hf_model, tokenizer = load_model(model, dtype=dtype, device=device)
         except BaseException:
@@ -197,10 +214,10 @@ class Loka:
             torch.set_num_threads(threads)
         fp = fingerprint(hf_model)
         stored_fp = store.get_meta("model_fingerprint")
-        if stored_fp is None:
-            store.set_meta("model_fingerprint", fp)
-            store.set_meta("model_name", str(model))
-        elif stored_fp != fp:
+        if stored_fp is None:  # processes starting together on a new store agree on one
+            store.set_meta_once("model_name", str(model))
+            stored_fp = store.set_meta_once("model_fingerprint", fp)
+        if stored_fp != fp:
             raise ModelMismatch(
                 f"store {store_dir} was created with model {store.get_meta('model_name')!r}, "
                 f"not {str(model)!r}", field="model")
@@ -213,16 +230,16 @@ class Loka:
         if blob is None:
             raw = keymod.raw_keys(self.model, self.tokenizer, self.layout,
                                   keymod.CALIBRATION_PROMPTS, self.config.keys.pooling)
-            centre = raw.mean(0)
-            self.store.set_blob("key_centre", centre.numpy().astype(np.float32).tobytes())
-            return centre
+            self.store.db.run("INSERT INTO blobs (key, value) VALUES (?, ?) "
+                              "ON CONFLICT (key) DO NOTHING",
+                              ("key_centre", raw.mean(0).numpy().astype(np.float32).tobytes()))
+            blob = self.store.get_blob("key_centre")  # another process's, if it was first
+            assert blob is not None
         return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
 
     def _load_live(self, version: int | None) -> _Live:
         snap = self.store.snapshot(version, self.layout.hidden_size)
-        index = retrieval_index(snap.memories.values(), snap.pieces.values(),
-                                self.config.router.retrieval, self.config.index,
-                                self.layout.hidden_size)
+        index = self._index_of(snap)
         gate = None
         if snap.gate_file and self.config.router.enabled:
             try:
@@ -237,6 +254,42 @@ class Loka:
             raise StoreError(f"version {snap.version} names {len(missing)} missing adapter "
                              f"folders (first: {missing[0]}); run `loka store check`")
         return _Live(snap, index, gate)
+
+    def _index_of(self, snap: Snapshot) -> KeyIndex:
+        """The version's FAISS index file if it is present and matches the snapshot (same
+        number of keys); else rebuilt from the keys."""
+        ids, keys = retrieval_rows(snap.memories.values(), snap.pieces.values(),
+                                   self.config.router.retrieval, self.layout.hidden_size)
+        if snap.index_file:
+            loaded = KeyIndex.load(self.store.root / snap.index_file, ids, keys,
+                                   self.config.index)
+            if loaded is not None:
+                return loaded
+            logger.warning("index file %s of version %d is missing or does not match; "
+                           "rebuilding it", snap.index_file, snap.version)
+        return KeyIndex(keys, ids, self.config.index)
+
+    # ------------------------------------------------------------------ following the head
+    def refresh(self) -> int:
+        """Switch to the store's head if another process (or writer) published a newer
+        version; the version now served. The switch is one reference assignment: requests
+        already running finish on the view they started with, later ones use the new one."""
+        head = self.store.head()
+        if head <= self._live.version:
+            return self._live.version
+        with self._live_lock:
+            if head > self._live.version:
+                live = self._load_live(head)
+                if live.version > self._live.version:
+                    self._live = live
+                    logger.info("following the head: now serving codebook version %d",
+                                live.version)
+        return self._live.version
+
+    def _set_live(self, live: _Live) -> None:
+        with self._live_lock:
+            if live.version > self._live.version:
+                self._live = live
 
     # ------------------------------------------------------------------ properties
     @property
@@ -445,65 +498,102 @@ class Loka:
                on_publish: PublishRecord | None = None) -> UpdateResult:
         """Apply a batch of edits and unlearning requests; publishes one new version.
 
-        ``on_publish(result)`` returns SQL statements on the caller's own tables of ``db_path``
-        that are committed in the transaction that publishes the version (a job marked done
-        together with its effect, so that a crash can never leave one without the other)."""
-        from memory_store.updater import Updater
+        ``on_publish(result)`` returns SQL statements on the caller's own tables of the store's
+        database that are committed in the transaction that publishes the version (a job
+        marked done together with its effect, so that a crash can never leave one without the
+        other).
 
+        The change is planned on the head and published only if the head has not moved; if
+        another process published first it is re-planned on the new head (only memories whose
+        training task changed are retrained) and published again: no writer loses another's
+        pieces."""
         pieces_io.validate(pieces, retain)
-        with self._write_lock:
-            plan = Updater(self, self._live.snapshot, options, progress, should_cancel,
-                           on_publish)
-            return self._commit(plan.apply(pieces, retain), plan)
+        return self._write(lambda plan: plan.apply(pieces, retain), options, progress,
+                           should_cancel, on_publish)
 
     def delete_piece(self, piece_id: str, progress: ProgressCallback | None = None,
                      should_cancel: CancelCheck | None = None,
                      on_publish: PublishRecord | None = None) -> UpdateResult:
         """Revert one piece: its memory is retrained without it (or dropped if emptied)."""
-        from memory_store.updater import Updater
-
-        with self._write_lock:
-            snap = self._live.snapshot
-            if not is_piece_id(piece_id) or piece_id not in snap.pieces:
+        def change(plan) -> UpdateResult:
+            if not is_piece_id(piece_id) or piece_id not in plan.snap.pieces:
                 raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
-            plan = Updater(self, snap, None, progress, should_cancel, on_publish)
-            return self._commit(plan.remove_pieces([piece_id], f"delete piece {piece_id}"), plan)
+            return plan.remove_pieces([piece_id], f"delete piece {piece_id}")
 
-    def delete_memory(self, memory_id: str) -> UpdateResult:
+        return self._write(change, None, progress, should_cancel, on_publish)
+
+    def delete_memory(self, memory_id: str, progress: ProgressCallback | None = None,
+                      should_cancel: CancelCheck | None = None,
+                      on_publish: PublishRecord | None = None) -> UpdateResult:
         """Drop a memory and every piece it holds."""
-        from memory_store.updater import Updater
-
-        with self._write_lock:
-            snap = self._live.snapshot
-            if not is_memory_id(memory_id) or memory_id not in snap.memories:
+        def change(plan) -> UpdateResult:
+            if not is_memory_id(memory_id) or memory_id not in plan.snap.memories:
                 raise NotFound(f"no memory {memory_id!r}", field="memory_id")
-            plan = Updater(self, snap, None, None, None)
-            return self._commit(plan.drop_memory(memory_id), plan)
+            return plan.drop_memory(memory_id)
 
-    def rollback(self, version: int) -> UpdateResult:
+        return self._write(change, None, progress, should_cancel, on_publish)
+
+    def rollback(self, version: int, on_publish: PublishRecord | None = None) -> UpdateResult:
         """Publish a new version whose codebook equals ``version``'s."""
-        with self._write_lock:
-            current = self._live.snapshot
-            if not isinstance(version, int) or version < 0:
-                raise InvalidInput("version must be a non-negative integer", field="version")
-            if version > current.version:
-                raise NotFound(f"no codebook version {version}", field="version")
-            if version == current.version:
-                raise ConflictError(f"version {version} is already current", field="version")
-            old = self.store.snapshot(version, self.layout.hidden_size)
-            new_version = self.store.next_version()
-            self.store.publish(new_version, old.memories.values(), old.pieces.values(),
-                               old.retain, gate_file=old.gate_file, index_file=old.index_file,
-                               reason=f"rollback to {version}")
-            self._live = self._load_live(new_version)
-            removed = tuple(sorted(set(current.memories) - set(old.memories)))
-            restored = tuple(sorted(set(old.memories) - set(current.memories)))
-            return UpdateResult(new_version, restored, (), removed,
-                                tuple(sorted(set(old.pieces) - set(current.pieces))),
-                                tuple(sorted(set(current.pieces) - set(old.pieces))))
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise InvalidInput("version must be a non-negative integer", field="version")
+        for _ in range(MAX_REPLANS):
+            with self._write_lock:
+                self.refresh()
+                current = self._live.snapshot
+                if version > current.version:
+                    raise NotFound(f"no codebook version {version}", field="version")
+                if version == current.version:
+                    raise ConflictError(f"version {version} is already current",
+                                        field="version")
+                old = self.store.snapshot(version, self.layout.hidden_size)
+                removed = tuple(sorted(set(current.memories) - set(old.memories)))
+                restored = tuple(sorted(set(old.memories) - set(current.memories)))
+                result = UpdateResult(0, restored, (), removed,
+                                      tuple(sorted(set(old.pieces) - set(current.pieces))),
+                                      tuple(sorted(set(current.pieces) - set(old.pieces))))
+
+                def extra(v: int, result=result):
+                    return on_publish(replace(result, codebook_version=v)) if on_publish else ()
+
+                try:
+                    new_version = self.store.publish(
+                        current.version, old.memories.values(), old.pieces.values(),
+                        old.retain, gate_file=old.gate_file, index_file=old.index_file,
+                        reason=f"rollback to {version}", extra_sql=extra)
+                except HeadMoved as moved:
+                    logger.info("rollback: %s; re-planning", moved.message)
+                    continue
+                self._set_live(self._load_live(new_version))
+                return replace(result, codebook_version=new_version)
+        raise ConflictError(f"the codebook head kept moving; rollback not published after "
+                            f"{MAX_REPLANS} attempts")
+
+    def _write(self, change: Callable[[Any], UpdateResult], options: UpdateOptions | None,
+               progress: ProgressCallback | None, should_cancel: CancelCheck | None,
+               on_publish: PublishRecord | None) -> UpdateResult:
+        """Plan ``change`` on the head and publish it; on ``HeadMoved`` re-plan on the new head
+        (the retry context keeps ids and trained adapters)."""
+        from memory_store.updater import RetryContext, Updater
+
+        retry = RetryContext()
+        for attempt in range(MAX_REPLANS):
+            with self._write_lock:
+                self.refresh()
+                plan = Updater(self, self._live.snapshot, options, progress, should_cancel,
+                               on_publish, retry=retry)
+                try:
+                    result = change(plan)
+                except HeadMoved as moved:
+                    logger.info("%s; re-planning on the new head (attempt %d)", moved.message,
+                                attempt + 2)
+                    continue
+                return self._commit(result, plan)
+        raise ConflictError(f"the codebook head kept moving; change not published after "
+                            f"{MAX_REPLANS} attempts")
 
     def _commit(self, result: UpdateResult, plan) -> UpdateResult:
-        self._live = self._load_live(result.codebook_version)
+        self._set_live(self._load_live(result.codebook_version))
         logger.info("published codebook version %d (%d memories)", result.codebook_version,
                     len(self._live.snapshot.memories))
         return result

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -268,7 +269,13 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
             f.unlink()
         tmp.rmdir()
         return
-    os.rename(tmp, directory)
+    try:
+        os.rename(tmp, directory)
+    except OSError:
+        if not directory.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer renamed the same content first
+        return
     _fsync_dir(directory.parent)
 
 

@@ -65,6 +65,11 @@ def save_gate(gate: Gate, path: Path) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename survives a power cut
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_gate(path: Path, dim: int, hidden: int) -> Gate:
