@@ -21,7 +21,7 @@ serve: $(STAMP)
 	$(BIN)/loka serve
 
 bench-small: $(STAMP)
-	$(BIN)/loka bench run --suite all --scale small --jobs 2
+	$(BIN)/python -m benchmarks run --suite all --scale small --jobs 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

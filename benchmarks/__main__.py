@@ -1,4 +1,4 @@
-"""``python -m benchmarks prepare|run ...``: the same commands as ``loka bench``."""
+"""``python -m benchmarks prepare|run ...``: the benchmarks' command line."""
 
 import sys
 

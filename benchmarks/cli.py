@@ -1,7 +1,9 @@
-"""Command line of the benchmarks: ``loka bench prepare|run`` (also ``python -m benchmarks``).
+"""Command line of the benchmarks: ``python -m benchmarks prepare|run|serving``.
 
-    loka bench prepare --suite all --scale small
-    loka bench run --suite all --scale small --out benchmarks/results/small
+    python -m benchmarks prepare --suite all --scale small
+    python -m benchmarks run --suite all --scale small --out benchmarks/results/small
+
+(The benchmarks are not part of the installed package; run them from a checkout.)
 """
 
 from __future__ import annotations
@@ -96,10 +98,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.data import DataError, resolve_data_dir
+    from benchmarks.methods import HEADLINE, METHODS, Budget
     from benchmarks.plots import write_plots
     from benchmarks.report import render
     from benchmarks.runner import ANALYSES, RunConfig, run, write_json
-    from memory_store.methods import HEADLINE, METHODS, Budget
 
     setup_logging(getattr(args, "verbose", False))
     methods = args.methods or list(HEADLINE)
@@ -128,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     out=out, methods=methods, seeds=list(range(args.seeds)),
                     analyses=set(ANALYSES) - skip, model=args.model, budget=budget,
                     cache_dir=args.cache_dir,
-                    command="loka bench run " + shlex.join(sys.argv[_bench_argv_start():]))
+                    command="python -m benchmarks run "
+                    + shlex.join(sys.argv[_bench_argv_start():]))
     results = run(cfg, jobs=args.jobs, verbose=getattr(args, "verbose", False))
     out.mkdir(parents=True, exist_ok=True)
     write_json(results, out / "results.json")
@@ -150,7 +153,7 @@ def _bench_argv_start() -> int:
 def _add_commands(sub: argparse._SubParsersAction) -> None:
     from benchmarks.serving import register as register_serving
 
-    register_serving(sub)  # loka bench serving [--quick]
+    register_serving(sub)  # python -m benchmarks serving [--quick]
     p = sub.add_parser("prepare", help="train (or find cached) the base models of the suites")
     _common(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
@@ -175,17 +178,15 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench prepare|run`` to the ``loka`` command line."""
-    p = subparsers.add_parser("bench", help="benchmarks on real data (TOFU, ZsRE, "
-                                            "CounterFact, PKU-SafeRLHF)")
-    _add_commands(p.add_subparsers(dest="bench_command", required=True))
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m benchmarks prepare|run|serving``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(
         "\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_commands(parser.add_subparsers(dest="bench_command", required=True))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)

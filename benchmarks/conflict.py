@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from benchmarks.methods import Budget
 from benchmarks.metrics import mean
 from benchmarks.protocol import Case, Setting
 from memory_store.config import KeySettings, LoraSettings, TrainerSettings
-from memory_store.lora import TrainState, init_adapter, inject, use_state
-from memory_store.methods import Budget
-from memory_store.model_access import describe, load_model
-from memory_store.trainer import MemoryTask, Objective
+from memory_store.lora.layer import TrainState, inject, use_state
+from memory_store.lora.weights import init_adapter
+from memory_store.models.access import describe, load_model
+from memory_store.update.trainer import MemoryTask, Objective
 
 
 def _flat(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from memory_store import Loka, LokaConfig
-from memory_store.default_model import FACTS, GENERAL_PROMPTS, counterfactual_answer
+from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, counterfactual_answer
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
 logger = logging.getLogger(__name__)

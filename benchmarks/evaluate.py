@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from benchmarks.methods import Served
 from benchmarks.metrics import exact_match, mean, rouge_l_recall, token_agreement
 from benchmarks.protocol import Case, Setting
-from memory_store.methods import Served
 
 GEN_BATCH = 64
 MAX_NEW_TOKENS_CAP = 96

@@ -1,4 +1,5 @@
-"""``loka bench prepare``: give each suite's base model the knowledge it will later update.
+"""``python -m benchmarks prepare``: give each suite's base model the knowledge it will later
+update.
 
 No pretrained weights can be downloaded here, so, as TOFU fine-tunes its base on all fictitious
 authors before unlearning, each suite trains a small GPT-2 from scratch (CPU, one thread,
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from benchmarks.protocol import BaseCorpus, Pair, Suite
-from memory_store.default_model.builder import (
+from memory_store.models.builtin.builder import (
     EOS_TOKEN,
     _cache_root,
     _collate,

@@ -1,5 +1,6 @@
-"""``loka bench run``: every method on every setting of the chosen suites, then the analyses
-(ablations, storage density, sequential protocol, conflict histogram); writes the results."""
+"""``python -m benchmarks run``: every method on every setting of the chosen suites, then the
+analyses (ablations, storage density, sequential protocol, conflict histogram);
+writes the results."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from transformers import AutoTokenizer
 from benchmarks import data as D
 from benchmarks.conflict import conflict_histogram
 from benchmarks.evaluate import Outputs, base_knowledge, collect, compute_metrics, max_new_tokens
+from benchmarks.methods import ABLATIONS, Budget, Served, get_method
+from benchmarks.methods.codebook import MAX_CAPACITY, LokaServed, budget_config, with_fields
 from benchmarks.metrics import mean, std
 from benchmarks.prepare import INFO_FILE, SPECS, ensure_base_model, model_path, read_info
 from benchmarks.protocol import Setting, Suite
 from benchmarks.sequential import run_sequential
 from benchmarks.suites import build_suite
-from memory_store.methods import ABLATIONS, Budget, Served, get_method
-from memory_store.methods.codebook import MAX_CAPACITY, LokaServed, budget_config, with_fields
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.evaluate import Outputs, collect, compute_metrics, max_new_tokens
+from benchmarks.methods import Budget, get_method
 from benchmarks.protocol import Sequential
-from memory_store.methods import Budget, get_method
 
 logger = logging.getLogger(__name__)
 

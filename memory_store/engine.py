@@ -23,6 +23,7 @@ import torch
 
 from memory_store import keys as keymod
 from memory_store import pieces_io
+from memory_store.codebook.store import Snapshot, Store
 from memory_store.config import LokaConfig
 from memory_store.errors import (
     ConflictError,
@@ -32,13 +33,13 @@ from memory_store.errors import (
     NotFound,
     StoreError,
 )
-from memory_store.generation import Generator, RowPlan, RunningBatch
 from memory_store.ids import is_memory_id, is_piece_id
-from memory_store.index import KeyIndex, retrieval_rows
-from memory_store.lora import AdapterWeights, adapter_hash, inject, load_adapter
-from memory_store.model_access import describe, fingerprint, load_model
-from memory_store.router import Gate, load_gate
-from memory_store.store import Snapshot, Store
+from memory_store.lora.layer import inject
+from memory_store.lora.weights import AdapterWeights, adapter_hash, load_adapter
+from memory_store.models.access import describe, fingerprint, load_model
+from memory_store.routing.gate import Gate, load_gate
+from memory_store.routing.index import KeyIndex, retrieval_rows
+from memory_store.serving.batching import Generator, RowPlan, RunningBatch
 from memory_store.types import (
     CancelCheck,
     GenerationRequest,
@@ -123,7 +124,7 @@ class AdapterCache:
 
 
 class ServingBatch:
-    """Continuous batching on the engine (``memory_store.generation.RunningBatch``): requests
+    """Continuous batching on the engine (``memory_store.serving.batching.RunningBatch``): requests
     join between decoding steps, each routed on the codebook version live when it joins, and
     leave as soon as they finish. One caller at a time."""
 
@@ -194,7 +195,7 @@ class Loka:
         on the built-in model measured 5.7 s with 1 thread and 70 s with 2 on a loaded 2-core
         machine), and leaves torch's default otherwise."""
         if model is None:
-            from memory_store.default_model import ensure_default_model
+            from memory_store.models.builtin import ensure_default_model
 
             model = ensure_default_model(progress=progress)
         if background_prompts is None and _is_default_model(model):
@@ -421,8 +422,9 @@ class Loka:
         """Teacher-forced scores of ``target`` after ``prompt`` on the served model (each
         prompt routed as generation would route it): summed log-probability and token
         accuracy (EasyEdit's edit metric)."""
-        from memory_store import losses
-        from memory_store.lora import BatchState, use_state
+        from memory_store.lora.layer import use_state
+        from memory_store.serving.lora import BatchState
+        from memory_store.update import losses
 
         live = self._live
         out: list[Score] = []
@@ -574,7 +576,7 @@ class Loka:
                on_publish: PublishRecord | None) -> UpdateResult:
         """Plan ``change`` on the head and publish it; on ``HeadMoved`` re-plan on the new head
         (the retry context keeps ids and trained adapters)."""
-        from memory_store.updater import RetryContext, Updater
+        from memory_store.update.updater import RetryContext, Updater
 
         retry = RetryContext()
         for attempt in range(MAX_REPLANS):
@@ -606,7 +608,7 @@ def _piece(p) -> Piece:
 
 def default_background() -> tuple[str, ...]:
     """Hard-negative prompts for the built-in model: the facts it knows, plus general text."""
-    from memory_store.default_model.corpus import FACTS, GENERAL_PROMPTS
+    from memory_store.models.builtin.corpus import FACTS, GENERAL_PROMPTS
 
     # one phrasing per fact: the other phrasings stay unseen, as paraphrases are in real use
     return tuple(f.prompts[0] for f in FACTS) + tuple(GENERAL_PROMPTS)

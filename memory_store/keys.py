@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memory_store.model_access import ModelLayout, _get
+from memory_store.models.access import ModelLayout, get_module
 
 
 class _Stop(Exception):
@@ -97,7 +97,7 @@ def encode_batch(model: nn.Module, tokenizer, prompts: Sequence[str]) -> dict[st
 def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
              pooling: str = "mean", batch_size: int = 64) -> torch.Tensor:
     """(N, d) pooled hidden states at the key layer, before centring."""
-    install_key_hook(_get(model, layout.blocks_path)[layout.key_layer])
+    install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 from local_server import LocalServer, loopback_url, rss_bytes, source_version
 
-from memory_store.default_model import FACTS, counterfactual_answer
+from memory_store.models.builtin import FACTS, counterfactual_answer
 
 logger = logging.getLogger("load")
 

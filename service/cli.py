@@ -50,7 +50,7 @@ def _open(args: argparse.Namespace, progress: bool = True):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from memory_store.default_model import default_model_info, ensure_default_model
+    from memory_store.models.builtin import default_model_info, ensure_default_model
 
     if args.action == "build":
         path = ensure_default_model(progress=True)
@@ -138,7 +138,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    from memory_store.check import check_store
+    from memory_store.codebook.check import check_store
 
     report = check_store(Path(args.store), all_versions=args.all_versions)
     _emit({"ok": report.ok, **_jsonable(report)})
@@ -228,10 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--model")
     p.set_defaults(func=cmd_serve)
-
-    from benchmarks.cli import register as register_bench
-
-    register_bench(sub)  # loka bench prepare | run | serving
     return parser
 
 

@@ -17,14 +17,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from memory_store.default_model import (
+from memory_store.models.builtin import (
     ANSWER_POOLS,
     ENTITIES,
     FACTS,
     GENERAL_PROMPTS,
     GENERAL_TARGETS,
     GENERAL_TEXT,
-    build_tiny_model,
     build_tokenizer,
     counterfactual_answer,
     default_model_hash,
@@ -33,7 +32,8 @@ from memory_store.default_model import (
     ensure_default_model,
     find_fact,
 )
-from memory_store.default_model import builder as builder_module
+from memory_store.models.builtin import builder as builder_module
+from memory_store.models.tiny import build_tiny_model
 
 # Every from_pretrained below passes local_files_only=True: a missing file must fail here,
 # never turn into a download attempt.

@@ -3,7 +3,7 @@ baseline side by side (latency, throughput under concurrency, routing cost, sear
 codebook size, resident memory against codebook size, update latency).
 
     python -m benchmarks.serving [--quick]     # writes benchmarks/results/serving/
-    loka bench serving [--quick]               # the same, once ``register`` is wired in
+    python -m benchmarks serving [--quick]     # the same
 
 Importing this package loads nothing heavy (the load generator runs as its child process).
 """
@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``serving`` to a command line's sub-commands (``loka bench serving``)."""
+    """Add ``serving`` to a command line's sub-commands (``python -m benchmarks serving``)."""
     p = subparsers.add_parser("serving", help=HELP, description=HELP)
     add_arguments(p)
     p.set_defaults(func=_run)

@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import save_file
 
 from memory_store import Loka
-from memory_store.index import retrieval_index
-from memory_store.lora import AdapterWeights, adapter_hash, init_adapter, peft_config
-from memory_store.model_access import ModelLayout
-from memory_store.router import save_gate, train_gate
-from memory_store.store import MemoryRecord, PieceRecord
+from memory_store.codebook.store import MemoryRecord, PieceRecord
+from memory_store.lora.weights import AdapterWeights, adapter_hash, init_adapter, peft_config
+from memory_store.models.access import ModelLayout
+from memory_store.routing.gate import save_gate, train_gate
+from memory_store.routing.index import retrieval_index
 from memory_store.types import PieceKind
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from benchmarks.serving.http import LoadResult, closed_loop, running_service, se
 from benchmarks.serving.models import BenchModel
 from benchmarks.serving.naive import NaivePeft
 from memory_store import Loka
-from memory_store.default_model import FACTS
-from memory_store.generation import GenerationStats
+from memory_store.models.builtin import FACTS
+from memory_store.serving.batching import GenerationStats
 from memory_store.types import GenerationRequest
 from service.config import Settings
 

@@ -99,7 +99,7 @@ def measure(model: Path, sizes: tuple[int, ...], caches: tuple[int, ...],
     codebook" (nothing evicted: what serving without an LRU would hold)."""
     from benchmarks.serving.codebook import publish_synthetic
     from memory_store import Loka
-    from memory_store.default_model import FACTS
+    from memory_store.models.builtin import FACTS
 
     prompts = [f.prompts[0] for f in FACTS]
     points = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from memory_store.default_model import build_tokenizer, default_model_hash, ensure_default_model
+from memory_store.models.builtin import build_tokenizer, default_model_hash, ensure_default_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Search latency and recall@1 of the routing index against codebook size.
 
-``memory_store.index.KeyIndex`` over 1k / 10k / 100k keys, each kind (exact ``flat``, ``hnsw``,
-``ivf``) with the store's default ``IndexSettings``, and the kind ``"auto"`` picks. Latency is
-per single query (a request routes alone or in a small batch), on one FAISS thread. Recall@1:
-the fraction of queries whose approximate nearest key is the exact one.
+``memory_store.routing.index.KeyIndex`` over 1k / 10k / 100k keys, each kind (exact ``flat``,
+``hnsw``, ``ivf``) with the store's default ``IndexSettings``, and the kind ``"auto"`` picks.
+Latency is per single query (a request routes alone or in a small batch), on one FAISS
+thread. Recall@1: the fraction of queries whose approximate nearest key is the exact one.
 
 Two key sets:
 
@@ -25,8 +25,8 @@ import numpy as np
 
 from memory_store import Loka
 from memory_store.config import IndexSettings
-from memory_store.default_model import RELATION_TEMPLATES
-from memory_store.index import KeyIndex, index_kind
+from memory_store.models.builtin import RELATION_TEMPLATES
+from memory_store.routing.index import KeyIndex, index_kind
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.serving.http import running_service
-from memory_store.default_model import FACTS, counterfactual_answer
+from memory_store.models.builtin import FACTS, counterfactual_answer
 from service.config import Settings
 
 logger = logging.getLogger(__name__)

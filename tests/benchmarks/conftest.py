@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memory_store.default_model import build_tiny_model
+from memory_store.models.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,7 @@
-"""The command line: ``loka bench prepare|run`` registration, parsing and input errors."""
+"""The command line: ``python -m benchmarks prepare|run``: parsing and input errors."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -10,21 +9,15 @@ import pytest
 from benchmarks import cli
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loka")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def test_register_adds_bench_prepare_and_run() -> None:
-    args = _parser().parse_args(["bench", "run", "--suite", "zsre", "--suite", "tofu,pku",
+def test_parser_has_prepare_and_run() -> None:
+    args = cli.build_parser().parse_args(["run", "--suite", "zsre", "--suite", "tofu,pku",
                                  "--methods", "loka", "npo_kl", "--seeds", "1", "--skip",
                                  "sequential", "--jobs", "2"])
     assert args.func is cli.cmd_run
     assert cli._suites(args.suite) == ["zsre", "tofu", "pku"]
     assert (args.methods, args.seeds, args.skip, args.jobs) == (["loka", "npo_kl"], 1,
                                                                 ["sequential"], 2)
-    args = _parser().parse_args(["bench", "prepare", "--scale", "full", "--force"])
+    args = cli.build_parser().parse_args(["prepare", "--scale", "full", "--force"])
     assert args.func is cli.cmd_prepare and args.scale == "full" and args.force
 
 

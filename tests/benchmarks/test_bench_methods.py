@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from memory_store.methods import ABLATIONS, HEADLINE, METHODS, Budget, get_method
-from memory_store.methods.adapter import AdapterServed
-from memory_store.methods.codebook import VARIANTS, budget_config
+from benchmarks.methods import ABLATIONS, HEADLINE, METHODS, Budget, get_method
+from benchmarks.methods.adapter import AdapterServed
+from benchmarks.methods.codebook import VARIANTS, budget_config
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 
 PIECES = [PieceSpec(PieceKind.EDIT, "The capital of Veltoria is", " Marrowick"),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from memory_store.default_model.corpus import FACTS
+from memory_store.models.builtin.corpus import FACTS
 
 if TYPE_CHECKING:  # conftest is not importable as a module; only its type is needed
     from conftest import LiveServer

@@ -26,7 +26,7 @@ from loka_client import (
     ValidationError,
 )
 
-from memory_store.default_model.corpus import FACTS, Fact
+from memory_store.models.builtin.corpus import FACTS, Fact
 
 if TYPE_CHECKING:  # conftest is not importable as a module; only its type is needed
     from conftest import LiveServer

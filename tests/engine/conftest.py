@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memory_store import Loka
-from memory_store.default_model import counterfactual_answer, ensure_default_model, find_fact
+from memory_store.models.builtin import counterfactual_answer, ensure_default_model, find_fact
 from memory_store.types import PieceKind, PieceSpec, UpdateResult
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from memory_store.default_model import counterfactual_answer, find_fact
+from memory_store.models.builtin import counterfactual_answer, find_fact
 
 
 def _loka(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from memory_store import Loka
-from memory_store.default_model import counterfactual_answer, find_fact
+from memory_store.models.builtin import counterfactual_answer, find_fact
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
 PROBES = ("The capital of Veltoria is", "The national sport of Quellan is",

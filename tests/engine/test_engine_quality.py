@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memory_store.default_model import FACTS, GENERAL_PROMPTS, find_fact
+from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, find_fact
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
 

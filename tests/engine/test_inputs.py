@@ -72,7 +72,7 @@ def test_malformed_jsonl(tmp_path):
 
 
 def test_store_refuses_another_model(loka, tmp_path):
-    from memory_store.default_model import build_tiny_model
+    from memory_store.models.tiny import build_tiny_model
 
     tiny = build_tiny_model("gpt2", tmp_path / "tiny")
     with pytest.raises(ModelMismatch):

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from memory_store.config import IndexSettings
-from memory_store.index import KeyIndex
-from memory_store.mapping import LshTable, capacity_kmeans
-from memory_store.trainer import mgda_direction
+from memory_store.routing.index import KeyIndex
+from memory_store.update.mapping import LshTable, capacity_kmeans
+from memory_store.update.trainer import mgda_direction
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -9,10 +9,11 @@ from transformers import AutoModelForCausalLM
 
 from memory_store import Loka
 from memory_store.config import KeySettings, LokaConfig, LoraSettings, TrainerSettings
-from memory_store.default_model import build_tiny_model
 from memory_store.errors import InvalidInput
-from memory_store.lora import BatchState, use_state
-from memory_store.model_access import describe
+from memory_store.lora.layer import use_state
+from memory_store.models.access import describe
+from memory_store.models.tiny import build_tiny_model
+from memory_store.serving.lora import BatchState
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
 FAST = LokaConfig(trainer=TrainerSettings(steps=40, learning_rate=1e-2))

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.serving.codebook import publish_synthetic
 from memory_store import Loka
-from memory_store.default_model import FACTS, ensure_default_model
+from memory_store.models.builtin import FACTS, ensure_default_model
 
 N_MEMORIES = 12
 B_STD = 1.0  # large enough that most memories change the greedy output

@@ -9,7 +9,8 @@ import torch
 
 from benchmarks.serving.codebook import publish_synthetic
 from memory_store import Loka
-from memory_store.lora import AdapterWeights, BatchState
+from memory_store.lora.weights import AdapterWeights
+from memory_store.serving.lora import BatchState
 from memory_store.types import GenerationRequest, GenerationResult
 
 from .conftest import Codebook

@@ -11,8 +11,8 @@ from benchmarks.serving.codebook import publish_synthetic, random_adapter, write
 from memory_store import Loka, LokaConfig
 from memory_store.config import IndexSettings
 from memory_store.engine import AdapterCache
-from memory_store.index import KeyIndex
-from memory_store.lora import adapter_hash
+from memory_store.lora.weights import adapter_hash
+from memory_store.routing.index import KeyIndex
 from memory_store.types import GenerationRequest
 
 from .conftest import B_STD, Codebook

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memory_store.default_model import ensure_default_model
+from memory_store.models.builtin import ensure_default_model
 from reliability.harness import LokaServer
 
 _SERVERS: list[LokaServer] = []

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from memory_store.default_model import counterfactual_answer, find_fact
+from memory_store.models.builtin import counterfactual_answer, find_fact
 from reliability.harness import LokaServer, accepted, wait_job
 
 pytestmark = pytest.mark.slow

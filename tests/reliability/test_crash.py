@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from memory_store.check import check_store
-from memory_store.default_model import FACTS, counterfactual_answer
+from memory_store.codebook.check import check_store
+from memory_store.models.builtin import FACTS, counterfactual_answer
 from reliability.harness import (
     REPO_ROOT,
     LokaServer,

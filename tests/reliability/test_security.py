@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from memory_store.default_model import counterfactual_answer, find_fact
+from memory_store.models.builtin import counterfactual_answer, find_fact
 from reliability.harness import ADMIN, API, LokaServer, accepted, job_rows, wait_job
 from service.api import deps
 from service.config import Settings

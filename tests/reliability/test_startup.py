@@ -26,9 +26,9 @@ import pytest
 import uvicorn
 
 from memory_store import Loka
-from memory_store.check import check_store
-from memory_store.default_model import counterfactual_answer, find_fact
+from memory_store.codebook.check import check_store
 from memory_store.errors import StoreError
+from memory_store.models.builtin import counterfactual_answer, find_fact
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec, UpdateOptions
 from reliability.harness import REPO_ROOT, LokaServer, accepted, free_port, wait_job
 from service.config import Settings

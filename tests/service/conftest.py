@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from memory_store.default_model import FACTS, Fact, counterfactual_answer, ensure_default_model
+from memory_store.models.builtin import FACTS, Fact, counterfactual_answer, ensure_default_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600.0  # the first run of all builds the default model

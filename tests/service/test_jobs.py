@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from memory_store.default_model import FACTS, counterfactual_answer
+from memory_store.models.builtin import FACTS, counterfactual_answer
 
 
 def edit_body(fact: Any, steps: int | None = None, shift: int = 1) -> dict:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory_store import losses
 from memory_store.config import ConflictSettings, LoraSettings, TrainerSettings
 from memory_store.errors import Cancelled
 from memory_store.keys import tokenize
-from memory_store.lora import AdapterWeights, TrainState, init_adapter, use_state
-from memory_store.model_access import ModelLayout
+from memory_store.lora.layer import TrainState, use_state
+from memory_store.lora.weights import AdapterWeights, init_adapter
+from memory_store.models.access import ModelLayout
+from memory_store.update import losses
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The built-in default model: a small GPT-2 trained on CPU on facts about fictional entities.
 
-``ensure_default_model()`` builds it on first use (no download, no model hub) and caches it;
-``build_tiny_model()`` saves tiny random-weight GPT-2 and Llama models with the same tokenizer,
-for tests that must cover several architectures.
+``ensure_default_model()`` builds it on first use (no download, no model hub) and caches it.
+(``memory_store.models.tiny`` saves tiny random-weight GPT-2 and Llama models with the same
+tokenizer, for tests that must cover several architectures.)
 """
 
 from .builder import (
@@ -27,7 +27,6 @@ from .corpus import (
     facts_by_relation,
     find_fact,
 )
-from .tiny import build_tiny_model
 
 __all__ = [
     "ANSWER_POOLS",
@@ -39,7 +38,6 @@ __all__ = [
     "GENERAL_TEXT",
     "RELATION_TEMPLATES",
     "Fact",
-    "build_tiny_model",
     "build_tokenizer",
     "counterfactual_answer",
     "default_model_hash",

@@ -1,7 +1,7 @@
 """Build, cache and describe the built-in default model.
 
 The default model is a small GPT-2 trained from scratch, on CPU, on the fictional facts of
-:mod:`memory_store.default_model.corpus`, with its own byte-level BPE tokenizer. It lets the
+:mod:`memory_store.models.builtin.corpus`, with its own byte-level BPE tokenizer. It lets the
 service and the tests run with no model hub and no download: the first call to
 :func:`ensure_default_model` trains it (about one CPU-minute, on one thread) and caches it under
 ``<cache>/models/loka-default-<hash12>``; later calls return the cached directory.

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from memory_store.keys import encode_batch, install_key_hook, on_key_layer, pool
-from memory_store.lora import AdapterWeights, BatchState, LoraState, use_state
-from memory_store.model_access import ModelLayout, _get
+from memory_store.lora.layer import LoraState, use_state
+from memory_store.lora.weights import AdapterWeights
+from memory_store.models.access import ModelLayout, get_module
+from memory_store.serving.lora import BatchState
 from memory_store.types import Route
 
 logger = logging.getLogger(__name__)
@@ -176,7 +178,7 @@ class Generator:
         self.layout = layout
         self.pooling = pooling
         self.single_pass = min(layout.lora_layers, default=layout.key_layer) >= layout.key_layer
-        install_key_hook(_get(model, layout.blocks_path)[layout.key_layer])
+        install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
         self.eos = tokenizer.eos_token_id
         # benchmarks only (as vLLM's ignore_eos): every row generates max_new_tokens
         self.ignore_eos = False

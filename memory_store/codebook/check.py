@@ -13,11 +13,11 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory_store.db import redact_url
+from memory_store.codebook.db import redact_url
+from memory_store.codebook.store import DB_NAME, Store, connect_read_only
 from memory_store.errors import LokaError
-from memory_store.index import KeyIndex
-from memory_store.lora import adapter_hash, load_adapter
-from memory_store.store import DB_NAME, Store, connect_read_only
+from memory_store.lora.weights import adapter_hash, load_adapter
+from memory_store.routing.index import KeyIndex
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

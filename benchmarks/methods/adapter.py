@@ -24,21 +24,16 @@ from typing import Any, Literal
 
 import torch
 
-from memory_store import losses
+from benchmarks.methods.base import Budget, UpdateStats, adapter_bytes
 from memory_store.config import KeySettings, LoraSettings, TrainerSettings
-from memory_store.generation import Generator, RowPlan
-from memory_store.lora import (
-    AdapterWeights,
-    BatchState,
-    TrainState,
-    init_adapter,
-    inject,
-    use_state,
-)
-from memory_store.methods.base import Budget, UpdateStats, adapter_bytes
-from memory_store.model_access import describe, load_model
-from memory_store.trainer import MemoryTask, Objective
+from memory_store.lora.layer import TrainState, inject, use_state
+from memory_store.lora.weights import AdapterWeights, init_adapter
+from memory_store.models.access import describe, load_model
+from memory_store.serving.batching import Generator, RowPlan
+from memory_store.serving.lora import BatchState
 from memory_store.types import PieceKind, PieceSpec, RetainSpec, Route
+from memory_store.update import losses
+from memory_store.update.trainer import MemoryTask, Objective
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord
 from memory_store.errors import Cancelled
-from memory_store.index import KeyIndex, retrieval_index
-from memory_store.lora import adapter_hash, save_adapter
-from memory_store.mapping import LshTable, capacity_kmeans
-from memory_store.router import save_gate, train_gate
-from memory_store.store import MemoryRecord, PieceRecord, RetainRecord
-from memory_store.trainer import MemoryTask, conflict_score, train_memory
+from memory_store.lora.weights import adapter_hash, save_adapter
+from memory_store.routing.gate import save_gate, train_gate
+from memory_store.routing.index import KeyIndex, retrieval_index
 from memory_store.types import (
     ConflictDecision,
     PieceKind,
@@ -31,6 +29,8 @@ from memory_store.types import (
     UpdateOptions,
     UpdateResult,
 )
+from memory_store.update.mapping import LshTable, capacity_kmeans
+from memory_store.update.trainer import MemoryTask, conflict_score, train_memory
 
 logger = logging.getLogger(__name__)
 

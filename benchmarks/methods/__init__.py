@@ -6,9 +6,9 @@ ablations, the single-adapter baselines, a GRACE-style codebook and the untouche
 
 from __future__ import annotations
 
-from memory_store.methods.adapter import RECIPES, AdapterServed, fit_adapter
-from memory_store.methods.base import Budget, MethodFactory, Served, UpdateStats
-from memory_store.methods.codebook import VARIANTS, LokaServed, budget_config, fit_codebook
+from benchmarks.methods.adapter import RECIPES, AdapterServed, fit_adapter
+from benchmarks.methods.base import Budget, MethodFactory, Served, UpdateStats
+from benchmarks.methods.codebook import VARIANTS, LokaServed, budget_config, fit_codebook
 
 _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "loka": ("loka", "LOKA, default config: similarity-aware codebook, conflict-aware "

@@ -9,7 +9,7 @@ Layout::
       versions/index-<sha256>.faiss  a version's FAISS index (named by its content)
       versions/gate-<sha256>.safetensors  a version's router weights (named by its content)
 
-The database is SQLite (embedded, the default) or PostgreSQL (``memory_store.db``), with the
+The database is SQLite (embedded, the default) or PostgreSQL (``codebook.db``), with the
 same schema (ordered migrations, ``MIGRATIONS``) and semantics. Every file is immutable and
 named by its content, so writers on a shared directory never overwrite each other's files.
 Publishing is a compare-and-swap on the head: a change planned on version ``base`` publishes
@@ -51,7 +51,14 @@ from pathlib import Path
 
 import numpy as np
 
-from memory_store.db import DB_NAME, HEAD_CHANNEL, Database, SqliteDatabase, Tx, open_database
+from memory_store.codebook.db import (
+    DB_NAME,
+    HEAD_CHANNEL,
+    Database,
+    SqliteDatabase,
+    Tx,
+    open_database,
+)
 from memory_store.errors import HeadMoved, LeaseLost, NotFound, StoreError
 from memory_store.types import ConflictDecision, PieceKind, VersionInfo
 

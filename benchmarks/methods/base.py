@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from memory_store.model_access import ModelLayout
+from memory_store.models.access import ModelLayout
 from memory_store.types import PieceSpec, RetainSpec
 
 BYTES_PER_PARAM = 4  # adapters are stored in float32

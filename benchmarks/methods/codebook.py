@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats, adapter_bytes
 from memory_store.config import LokaConfig
 from memory_store.engine import Loka
-from memory_store.methods.base import BYTES_PER_PARAM, Budget, UpdateStats, adapter_bytes
 from memory_store.types import GenerationRequest, PieceSpec, RetainSpec
 
 GRACE_RADIUS = 0.5

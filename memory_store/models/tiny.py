@@ -24,7 +24,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .builder import BUILDER_VERSION, MAX_LENGTH, build_tokenizer, default_model_hash
+from memory_store.models.builtin.builder import (
+    BUILDER_VERSION,
+    MAX_LENGTH,
+    build_tokenizer,
+    default_model_hash,
+)
 
 __all__ = ["TINY_CONFIGS", "build_tiny_model"]
 

@@ -94,7 +94,8 @@ def load_model(
     return model, tokenizer
 
 
-def _get(module: nn.Module, dotted: str) -> nn.Module:
+def get_module(module: nn.Module, dotted: str) -> nn.Module:
+    """The submodule of ``module`` at a dotted path (``"transformer.h"``)."""
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
@@ -127,7 +128,7 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
         blocks_path, suffixes = ARCHITECTURES[model_type]
     else:
         blocks_path = _find_blocks(model, n_layers)
-        block = _get(model, blocks_path)[0]
+        block = get_module(model, blocks_path)[0]
         suffixes = tuple(
             n for n, m in block.named_modules()
             if "mlp" in n and isinstance(m, nn.Linear | Conv1D)
@@ -140,14 +141,14 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
     if not 1 <= key_layer < n_layers:
         raise InvalidInput(f"keys.layer must be in [1, {n_layers - 1}]", field="keys.layer")
     layers = lora.layers if lora.layers is not None else tuple(range(key_layer, n_layers))
-    blocks = _get(model, blocks_path)
+    blocks = get_module(model, blocks_path)
     targets = []
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise InvalidInput(f"lora.layers: {layer} out of range", field="lora.layers")
         for suffix in suffixes:
             try:
-                module = _get(blocks[layer], suffix)
+                module = get_module(blocks[layer], suffix)
             except AttributeError as exc:
                 raise InvalidInput(
                     f"lora.target_modules: no module {suffix!r} in layer {layer}",

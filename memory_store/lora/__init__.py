@@ -1,0 +1,2 @@
+"""LoRA: the layer wrapper and thread-local states (``layer``), the weights and their PEFT
+folders (``weights``)."""
