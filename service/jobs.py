@@ -341,7 +341,7 @@ class JobQueue:
         failed = self._db.run(
             "UPDATE service_jobs SET status='failed', finished_at=?, stage='failed', error=? "
             f"WHERE {expired} AND attempts>=?",
-            (now, "interrupted too many times (its worker stopped or died)", now,
+            (now, "interrupted too many times (by restarts, or its worker died)", now,
              self._max_attempts))
         if cancelled or failed:
             logger.info("jobs whose worker stopped: %d failed, %d cancelled", failed, cancelled)
