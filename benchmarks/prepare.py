@@ -18,26 +18,24 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from benchmarks.protocol import BaseCorpus, Pair, Suite
-from memory_store.models.builtin.builder import (
-    EOS_TOKEN,
-    _cache_root,
-    _collate,
-    _encode,
-    _file_lock,
-    _score_pairs,
-    _training_environment,
+from memory_store.models.builtin.builder import cache_root
+from memory_store.models.builtin.training import (
+    Schedule,
+    bpe_tokenizer,
+    encode,
+    file_lock,
+    new_gpt2,
+    score_pairs,
+    train_until,
+    training_environment,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,7 +92,7 @@ def model_hash(suite: Suite, spec: BaseModelSpec) -> str:
 
 
 def model_path(suite: Suite, spec: BaseModelSpec, cache_dir: Path | None = None) -> Path:
-    return (_cache_root(cache_dir) / "bench-models" /
+    return (cache_root(cache_dir) / "bench-models" /
             f"{suite.name}-{suite.scale}-{model_hash(suite, spec)}")
 
 
@@ -112,7 +110,7 @@ def ensure_base_model(suite: Suite, cache_dir: Path | None = None, force: bool =
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # one lock per model: parts of a run prepare different suites' models in parallel
-    with _file_lock(path.parent / f".{path.name}.lock"):
+    with file_lock(path.parent / f".{path.name}.lock"):
         if (path / INFO_FILE).is_file() and not force:
             return path
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -128,27 +126,6 @@ def ensure_base_model(suite: Suite, cache_dir: Path | None = None, force: bool =
     return path
 
 
-# ---------------------------------------------------------------- tokenizer
-
-
-def build_bpe_tokenizer(texts: Sequence[str], vocab_size: int,
-                        max_length: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on ``texts``, configured like the built-in model's
-    (no prefix space, so a prompt's tokens followed by its target's match the joined text)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2,
-                                  special_tokens=[EOS_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN,
-                                   bos_token=EOS_TOKEN, unk_token=EOS_TOKEN,
-                                   pad_token=EOS_TOKEN, model_max_length=max_length)
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -156,7 +133,7 @@ def _examples(tokenizer, pairs: Sequence[Pair], limit: int) -> list[list[int]]:
     eos = tokenizer.eos_token_id
     out = []
     for p, t in pairs:
-        ids = _encode(tokenizer, p) + _encode(tokenizer, t) + [eos]
+        ids = encode(tokenizer, p) + encode(tokenizer, t) + [eos]
         out.append(ids[:limit])
     return out
 
@@ -172,8 +149,8 @@ def evaluate_knowledge(model, tokenizer, corpus: BaseCorpus) -> dict[str, float]
             pairs = getattr(corpus, name)
             if not pairs:
                 continue
-            enc = [(_encode(tokenizer, p), _encode(tokenizer, t)) for p, t in pairs]
-            hits, probs = _score_pairs(model, enc, tokenizer.pad_token_id)
+            enc = [(encode(tokenizer, p), encode(tokenizer, t)) for p, t in pairs]
+            hits, probs = score_pairs(model, enc, tokenizer.pad_token_id)
             out[f"acc_{name}"] = sum(hits) / len(hits)
             out[f"prob_{name}"] = sum(probs) / len(probs)
     finally:
@@ -187,68 +164,24 @@ def _met(scores: dict[str, float], spec: BaseModelSpec) -> bool:
             and scores.get("acc_general", 1.0) >= spec.target_general)
 
 
-def _batches(n: int, size: int, gen: torch.Generator) -> Iterator[list[int]]:
-    while True:
-        order = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n - size + 1, size):
-            yield order[start:start + size]
-
-
 def _train(model, tokenizer, corpus: BaseCorpus, spec: BaseModelSpec, label: str,
            progress: bool) -> dict[str, Any]:
-    examples = _examples(tokenizer, corpus.all_pairs(), spec.n_positions)
-    gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98),
-                            weight_decay=spec.weight_decay)
-
-    def factor(step: int) -> float:
-        if step < spec.warmup_steps:
-            return (step + 1) / spec.warmup_steps
-        return max(0.1, 1.0 - 0.9 * (step - spec.warmup_steps) /
-                   max(1, spec.max_steps - spec.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    started = time.monotonic()
-    scores: dict[str, float] = {}
-    step = 0
-    model.train()
-    bar = tqdm(total=spec.max_steps, desc=f"prepare {label}", unit="step", disable=not progress)
-    try:
-        size = min(spec.batch_size, len(examples))
-        for step, idx in enumerate(_batches(len(examples), size, gen), start=1):
-            batch = _collate([examples[i] for i in idx], tokenizer.pad_token_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            bar.update(1)
-            if step % spec.eval_every and step < spec.max_steps:
-                continue
-            scores = evaluate_knowledge(model, tokenizer, corpus)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=scores.get("acc_canonical", 0.0))
-            if _met(scores, spec):
-                break
-            if step >= spec.max_steps:
-                logger.warning("%s: base model missed its accuracy targets: %s", label, scores)
-                break
-    finally:
-        bar.close()
-    return {**scores, "train_steps": step, "train_seconds": round(time.monotonic() - started, 1)}
+    schedule = Schedule(spec.batch_size, spec.lr, spec.weight_decay, spec.warmup_steps,
+                        spec.max_steps, spec.eval_every, spec.seed)
+    return train_until(model, _examples(tokenizer, corpus.all_pairs(), spec.n_positions),
+                       tokenizer.pad_token_id, schedule,
+                       lambda: evaluate_knowledge(model, tokenizer, corpus),
+                       lambda scores: _met(scores, spec), f"the {label} base model", progress)
 
 
 def _build(suite: Suite, spec: BaseModelSpec, out_dir: Path, progress: bool) -> None:
     label = f"{suite.name}-{suite.scale}"
     logger.info("training the %s base model into %s", label, out_dir)
     texts = [p + t for p, t in suite.corpus.all_pairs()]
-    tokenizer = build_bpe_tokenizer(texts, spec.vocab_size, spec.n_positions)
-    with _training_environment(spec.seed):
-        model = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tokenizer), n_layer=spec.n_layer, n_embd=spec.n_embd,
-            n_head=spec.n_head, n_positions=spec.n_positions, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    tokenizer = bpe_tokenizer(texts, spec.vocab_size, spec.n_positions)
+    with training_environment(spec.seed):
+        model = new_gpt2(tokenizer, n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head,
+                         n_positions=spec.n_positions)
         stats = _train(model, tokenizer, suite.corpus, spec, label, progress)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,8 +1,11 @@
 """``Loka``: a frozen causal LM plus a versioned codebook of LoRA memories.
 
-Reads (``route``, ``generate``) use an immutable ``_Live`` view of one published version and run
-concurrently with one writer; writes (``update``, ``delete_*``, ``rollback``) are serialised, build
-the next version off to the side, publish it atomically through the store, then swap the view.
+A thin facade that wires the parts: the model and where LoRA hooks into it (``models``), keys
+(``keys``), the store and the loaded version (``codebook``), routing (``routing``), serving
+(``serving``) and updates (``update``). Reads use an immutable ``LiveVersion`` of one
+published version and run concurrently with one writer; writes (``update``, ``delete_*``,
+``rollback``) are serialised, build the next version off to the side, publish it atomically
+through the store, then swap the live version.
 """
 
 from __future__ import annotations
@@ -11,35 +14,26 @@ import json
 import logging
 import os
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from memory_store import keys as keymod
 from memory_store import pieces_io
-from memory_store.codebook.store import Snapshot, Store
+from memory_store.codebook.live import LiveVersion, load_live
+from memory_store.codebook.store import Store
 from memory_store.config import LokaConfig
-from memory_store.errors import (
-    ConflictError,
-    HeadMoved,
-    InvalidInput,
-    ModelMismatch,
-    NotFound,
-    StoreError,
-)
+from memory_store.errors import ConflictError, HeadMoved, InvalidInput, ModelMismatch, NotFound
 from memory_store.ids import is_memory_id, is_piece_id
+from memory_store.keys import CALIBRATION_PROMPTS, KeyEncoder, key_centre
 from memory_store.lora.layer import inject
-from memory_store.lora.weights import AdapterWeights, adapter_hash, load_adapter
 from memory_store.models.access import describe, fingerprint, load_model
-from memory_store.routing.gate import Gate, load_gate
-from memory_store.routing.index import KeyIndex, retrieval_rows
-from memory_store.serving.batching import Generator, RowPlan, RunningBatch
+from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, ensure_default_model
+from memory_store.serving.adapters import AdapterCache
+from memory_store.serving.batching import BatchGenerator
+from memory_store.serving.runtime import Score, ServingBatch, ServingRuntime, StreamChunk
 from memory_store.types import (
     CancelCheck,
     GenerationRequest,
@@ -55,106 +49,16 @@ from memory_store.types import (
     UpdateResult,
     VersionInfo,
 )
+from memory_store.update.mapping import pinned_lsh
+from memory_store.update.updater import Background, RetryContext, UpdateContext, Updater
+
+__all__ = ["Loka", "Score", "ServingBatch", "StreamChunk"]
 
 logger = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMS = 50_000_000
 # re-plans of one change when other writers keep publishing first
 MAX_REPLANS = 20
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    text: str
-    result: GenerationResult | None = None
-
-
-@dataclass(frozen=True)
-class Score:
-    logprob: float  # summed log-probability of the target tokens
-    token_accuracy: float  # fraction of target tokens that are the argmax
-    memory_id: str | None
-
-
-@dataclass(frozen=True)
-class _Live:
-    """An immutable, fully loaded view of one published version."""
-
-    snapshot: Snapshot
-    index: KeyIndex
-    gate: Gate | None
-
-    @property
-    def version(self) -> int:
-        return self.snapshot.version
-
-
-class AdapterCache:
-    """LRU cache of materialised adapters keyed by (memory id, content hash)."""
-
-    def __init__(self, root: Path, capacity: int = 256) -> None:
-        self.root = root
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str], AdapterWeights] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, memory_id: str, content_hash: str, adapter_dir: str) -> AdapterWeights:
-        key = (memory_id, content_hash)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        try:
-            weights = load_adapter(self.root / adapter_dir)
-        except Exception as exc:  # missing or corrupted files: name them, never serve junk
-            raise StoreError(f"adapter of memory {memory_id} at {adapter_dir} is unreadable "
-                             f"({exc}); run `loka store check`") from exc
-        # a flipped bit in the weights still loads: only the content hash tells
-        if adapter_hash(weights) != content_hash:
-            raise StoreError(f"adapter of memory {memory_id} at {adapter_dir} does not match "
-                             "its content hash (a corrupted file); run `loka store check`")
-        with self._lock:
-            self._items[key] = weights
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return weights
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class ServingBatch:
-    """Continuous batching on the engine (``memory_store.serving.batching.RunningBatch``): requests
-    join between decoding steps, each routed on the codebook version live when it joins, and
-    leave as soon as they finish. One caller at a time."""
-
-    def __init__(self, loka: Loka) -> None:
-        self._loka = loka
-        self._rows = RunningBatch(loka.generator)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def can_join(self) -> bool:
-        return self._rows.can_join
-
-    def add(self, requests: Sequence[GenerationRequest], tags: Sequence[Any]) -> None:
-        """Validate, route and prefill ``requests`` (``tags`` name them in ``step``'s results).
-        Raises as ``generate`` does; then none of them joined."""
-        loka = self._loka
-        live = loka._live
-        plans = loka._plans(live, requests)
-        if plans:
-            self._rows.add(plans, loka._router_fn(live), [(live, t) for t in tags])
-
-    def step(self) -> list[tuple[Any, GenerationResult]]:
-        """One token for every running request; the (tag, result) of those that finished."""
-        return [(tag, self._loka._result(live, row)) for (live, tag), row in self._rows.step()]
-
-    def tags(self) -> list[Any]:
-        """Tags of the running requests."""
-        return [tag for _, tag in self._rows.tags()]
 
 
 class Loka:
@@ -169,14 +73,18 @@ class Loka:
         self.config = config
         self.layout = describe(model, config.lora, config.keys)
         inject(model, self.layout)
-        self.generator = Generator(model, tokenizer, self.layout, config.keys.pooling)
+        self.encoder = KeyEncoder(model, tokenizer, self.layout, config.keys.pooling,
+                                  self._centre())
         self.adapters = AdapterCache(store.root, adapter_cache_size)
+        self.serving = ServingRuntime(model, tokenizer, self.layout, self.encoder, self.adapters)
+        self.background = Background(background_prompts, self.encoder)
+        lsh = pinned_lsh(store, config.mapping.lsh_bits, config.trainer.seed,
+                         self.layout.hidden_size)
+        self._update_context = UpdateContext(model, tokenizer, model_name, self.layout, config,
+                                             self.encoder, self.background, store, lsh)
         self._write_lock = threading.Lock()
         self._live_lock = threading.Lock()  # one reload of the view at a time
-        self._centre = self._load_centre()
-        self._background = tuple(dict.fromkeys(background_prompts))
-        self._background_keys: np.ndarray | None = None
-        self._live = self._load_live(None)
+        self._live = self._load(None)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -195,8 +103,6 @@ class Loka:
         on the built-in model measured 5.7 s with 1 thread and 70 s with 2 on a loaded 2-core
         machine), and leaves torch's default otherwise."""
         if model is None:
-            from memory_store.models.builtin import ensure_default_model
-
             model = ensure_default_model(progress=progress)
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
@@ -224,78 +130,37 @@ class Loka:
                 f"not {str(model)!r}", field="model")
         config = _merge_config(store, config)
         return cls(hf_model, tokenizer, str(model), store, config,
-                   background_prompts or keymod.CALIBRATION_PROMPTS, adapter_cache_size)
+                   background_prompts or CALIBRATION_PROMPTS, adapter_cache_size)
 
-    def _load_centre(self) -> torch.Tensor:
+    def _centre(self) -> torch.Tensor:
+        """The store's key centre, computed and saved when the store is created."""
         blob = self.store.get_blob("key_centre")
         if blob is None:
-            raw = keymod.raw_keys(self.model, self.tokenizer, self.layout,
-                                  keymod.CALIBRATION_PROMPTS, self.config.keys.pooling)
+            centre = key_centre(self.model, self.tokenizer, self.layout, self.config.keys.pooling)
             self.store.db.run("INSERT INTO blobs (key, value) VALUES (?, ?) "
                               "ON CONFLICT (key) DO NOTHING",
-                              ("key_centre", raw.mean(0).numpy().astype(np.float32).tobytes()))
+                              ("key_centre", centre.numpy().astype(np.float32).tobytes()))
             blob = self.store.get_blob("key_centre")  # another process's, if it was first
             assert blob is not None
         return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
 
-    def _load_live(self, version: int | None) -> _Live:
-        snap = self.store.snapshot(version, self.layout.hidden_size)
-        index = self._index_of(snap)
-        gate = None
-        if snap.gate_file and self.config.router.enabled:
-            try:
-                gate = load_gate(self.store.root / snap.gate_file, self.layout.hidden_size,
-                                 self.config.router.hidden)
-            except Exception as exc:
-                raise StoreError(f"router weights {snap.gate_file} of version {snap.version} "
-                                 f"are unreadable ({exc}); run `loka store check`") from exc
-        missing = [m.adapter_dir for m in snap.memories.values()
-                   if not (self.store.root / m.adapter_dir).is_dir()]
-        if missing:
-            raise StoreError(f"version {snap.version} names {len(missing)} missing adapter "
-                             f"folders (first: {missing[0]}); run `loka store check`")
-        return _Live(snap, index, gate)
-
-    def _index_of(self, snap: Snapshot) -> KeyIndex:
-        """The version's FAISS index file if it is present and matches the snapshot (same
-        number of keys); else rebuilt from the keys."""
-        ids, keys = retrieval_rows(snap.memories.values(), snap.pieces.values(),
-                                   self.config.router.retrieval, self.layout.hidden_size)
-        if snap.index_file:
-            loaded = KeyIndex.load(self.store.root / snap.index_file, ids, keys,
-                                   self.config.index)
-            if loaded is not None:
-                return loaded
-            logger.warning("index file %s of version %d is missing or does not match; "
-                           "rebuilding it", snap.index_file, snap.version)
-        return KeyIndex(keys, ids, self.config.index)
-
-    # ------------------------------------------------------------------ following the head
-    def refresh(self) -> int:
-        """Switch to the store's head if another process (or writer) published a newer
-        version; the version now served. The switch is one reference assignment: requests
-        already running finish on the view they started with, later ones use the new one."""
-        head = self.store.head()
-        if head <= self._live.version:
-            return self._live.version
-        with self._live_lock:
-            if head > self._live.version:
-                live = self._load_live(head)
-                if live.version > self._live.version:
-                    self._live = live
-                    logger.info("following the head: now serving codebook version %d",
-                                live.version)
-        return self._live.version
-
-    def _set_live(self, live: _Live) -> None:
-        with self._live_lock:
-            if live.version > self._live.version:
-                self._live = live
+    def _load(self, version: int | None) -> LiveVersion:
+        return load_live(self.store, version, self.layout.hidden_size, self.config)
 
     # ------------------------------------------------------------------ properties
     @property
     def version(self) -> int:
         return self._live.version
+
+    @property
+    def live(self) -> LiveVersion:
+        """The current published version, fully loaded (immutable)."""
+        return self._live
+
+    @property
+    def generator(self) -> BatchGenerator:
+        """The batched generator (its ``stats`` count prefills, decoding steps and tokens)."""
+        return self.serving.generator
 
     @property
     def store_path(self) -> Path:
@@ -308,169 +173,49 @@ class Loka:
     def close(self) -> None:
         self.store.close()
 
-    # ------------------------------------------------------------------ keys and routing
+    # ------------------------------------------------------------------ keys and serving
     def keys(self, prompts: Sequence[str]) -> np.ndarray:
         """(N, d) unit keys of ``prompts`` on the frozen model."""
-        return keymod.compute_keys(self.model, self.tokenizer, self.layout, list(prompts),
-                                   self._centre, self.config.keys.pooling)
+        return self.encoder.keys(prompts)
 
     def background_keys(self) -> np.ndarray:
-        if self._background_keys is None:
-            self._background_keys = self.keys(self._background)
-        return self._background_keys
-
-    def _route_keys(self, live: _Live, unit: np.ndarray) -> list[Route]:
-        if len(live.index) == 0:
-            return [Route(None, 0.0, None) for _ in unit]
-        sims, names = live.index.search(unit, 1)
-        if live.gate is not None:
-            with torch.no_grad():
-                gates = live.gate(torch.from_numpy(unit), torch.from_numpy(sims[:, 0])).numpy()
-        else:
-            gates = np.ones(len(unit), dtype=np.float32)
-        r = self.config.router
-        routes = []
-        for g, s, name in zip(gates, sims[:, 0], names, strict=True):
-            chosen = name[0] if g >= r.threshold and s >= r.min_similarity else None
-            routes.append(Route(chosen, float(g), float(s)))
-        return routes
+        return self.background.keys()
 
     def route(self, prompts: Sequence[str]) -> list[Route]:
         """Which memory would serve each prompt (None: the base model)."""
-        for i, p in enumerate(prompts):
-            pieces_io._text(p, f"prompts[{i}]")
-        live = self._live
-        return self._route_keys(live, self.keys(prompts))
-
-    def _adapter(self, live: _Live, memory_id: str) -> AdapterWeights:
-        m = live.snapshot.memories[memory_id]
-        return self.adapters.get(m.id, m.content_hash, m.adapter_dir)
-
-    # ------------------------------------------------------------------ generation
-    def _plans(self, live: _Live, requests: Sequence[GenerationRequest]) -> list[RowPlan]:
-        plans = []
-        for i, req in enumerate(requests):
-            pieces_io._text(req.prompt, f"requests[{i}].prompt")
-            if req.max_new_tokens < 1:
-                raise InvalidInput("max_new_tokens must be >= 1", field="max_new_tokens")
-            plan = RowPlan(req.prompt, req.max_new_tokens, req.temperature, req.top_p,
-                           tuple(req.stop), req.seed)
-            if req.memory == "auto":
-                pass
-            elif req.memory == "none":
-                plan.auto, plan.route = False, Route(None, 0.0, None)
-            elif is_memory_id(req.memory) and req.memory in live.snapshot.memories:
-                plan.auto = False
-                plan.adapter = self._adapter(live, req.memory)
-                plan.route = Route(req.memory, 1.0, None)
-            else:
-                raise NotFound(f"no memory {req.memory!r} in codebook version {live.version}",
-                               field="memory")
-            plans.append(plan)
-        return plans
-
-    def _router_fn(self, live: _Live) -> Callable:
-        def router(raw: torch.Tensor) -> list[tuple[Route, AdapterWeights | None]]:
-            unit = keymod.normalise(raw.float().cpu(), self._centre).numpy()
-            routes = self._route_keys(live, unit)
-            return [(r, self._adapter(live, r.memory_id) if r.memory_id else None)
-                    for r in routes]
-        return router
-
-    def _result(self, live: _Live, row) -> GenerationResult:
-        route = row.route or Route(None, 0.0, None)
-        return GenerationResult(row.text, route.memory_id, route.gate, route.similarity,
-                                live.version, row.prompt_tokens, len(row.token_ids),
-                                row.finish_reason)
+        return self.serving.route(self._live, prompts)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate for a mixed batch: each row with its own memory, routed or fixed."""
-        live = self._live  # one version for the whole batch
-        plans = self._plans(live, requests)
-        if not plans:
-            return []
-        rows = self.generator.generate(plans, self._router_fn(live))
-        return [self._result(live, r) for r in rows]
+        return self.serving.generate(self._live, requests)  # one version for the whole batch
 
     def batch(self) -> ServingBatch:
         """A continuous batch for a serving loop: requests join between decoding steps."""
-        return ServingBatch(self)
+        return ServingBatch(self.serving, lambda: self._live)
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
         """Yield text deltas; the last chunk carries the full result."""
-        live = self._live
-        plans = self._plans(live, [request])
-        hold = max((len(s) for s in request.stop), default=1) - 1
-        sent = 0
-        row = None
-        for rows in self.generator.stream(plans, self._router_fn(live)):
-            row = rows[0]
-            safe = len(row.text) if row.done else max(len(row.text) - hold, 0)
-            text = row.text[:safe]
-            if text.endswith("\ufffd") and not row.done:  # incomplete UTF-8 sequence
-                text = text[:-1]
-            if len(text) > sent:
-                yield StreamChunk(text[sent:])
-                sent = len(text)
-        if row is not None and len(row.text) > sent:
-            yield StreamChunk(row.text[sent:])
-        yield StreamChunk("", self._result(live, row))
+        return self.serving.stream(self._live, request)
 
-    @torch.no_grad()
     def score(self, pairs: Sequence[tuple[str, str]], memory: str = "auto",
               batch_size: int = 32) -> list[Score]:
         """Teacher-forced scores of ``target`` after ``prompt`` on the served model (each
         prompt routed as generation would route it): summed log-probability and token
         accuracy (EasyEdit's edit metric)."""
-        from memory_store.lora.layer import use_state
-        from memory_store.serving.lora import BatchState
-        from memory_store.update import losses
-
-        live = self._live
-        out: list[Score] = []
-        for start in range(0, len(pairs), batch_size):
-            chunk = list(pairs[start:start + batch_size])
-            prompts = [p for p, _ in chunk]
-            if memory == "auto":
-                routes = self._route_keys(live, self.keys(prompts))
-            else:
-                plan = self._plans(live, [GenerationRequest(prompts[0], memory=memory)])[0]
-                routes = [plan.route] * len(chunk)
-            adapters = [self._adapter(live, r.memory_id) if r.memory_id else None
-                        for r in routes]
-            batch = losses.tokenize_pairs(self.tokenizer, chunk, self.model.device)
-            with use_state(BatchState(adapters, self.model.dtype, self.model.device)):
-                logits = losses.forward_logits(self.model, batch)
-            logp = losses.sequence_logprob(logits, batch.labels)
-            acc = losses.target_accuracy(logits, batch.labels)
-            out += [Score(float(lp), float(a), r.memory_id)
-                    for lp, a, r in zip(logp, acc, routes, strict=True)]
-        return out
+        return self.serving.score(self._live, pairs, memory, batch_size)
 
     # ------------------------------------------------------------------ reading the codebook
     def memories(self) -> list[MemoryInfo]:
-        live = self._live
-        return [self._memory_info(live, m) for m in live.snapshot.memories.values()]
+        return self._live.memories()
 
     def memory(self, memory_id: str) -> MemoryInfo:
-        live = self._live
-        if not is_memory_id(memory_id) or memory_id not in live.snapshot.memories:
-            raise NotFound(f"no memory {memory_id!r}", field="memory_id")
-        return self._memory_info(live, live.snapshot.memories[memory_id])
-
-    def _memory_info(self, live: _Live, m) -> MemoryInfo:
-        pieces = tuple(p.id for p in live.snapshot.pieces.values() if p.memory_id == m.id)
-        return MemoryInfo(m.id, m.kind, m.content_hash, pieces, m.conflict, m.key_stats,
-                          m.bucket, m.created_at, m.added_in, m.train_loss)
+        return self._live.memory_info(memory_id)
 
     def pieces(self) -> list[Piece]:
-        return [_piece(p) for p in self._live.snapshot.pieces.values()]
+        return self._live.pieces()
 
     def piece(self, piece_id: str) -> Piece:
-        snap = self._live.snapshot
-        if not is_piece_id(piece_id) or piece_id not in snap.pieces:
-            raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
-        return _piece(snap.pieces[piece_id])
+        return self._live.piece(piece_id)
 
     def versions(self) -> list[VersionInfo]:
         return self.store.versions()
@@ -482,7 +227,7 @@ class Loka:
             "n_memories": len(live.snapshot.memories),
             "n_pieces": len(live.snapshot.pieces),
             "n_versions": len(self.store.versions()),
-            "index": live.index.kind,
+            "index": live.router.index.kind,
             "adapters_cached": len(self.adapters),
             "model": self.model_name,
             "key_layer": self.layout.key_layer,
@@ -517,7 +262,7 @@ class Loka:
                      should_cancel: CancelCheck | None = None,
                      on_publish: PublishRecord | None = None) -> UpdateResult:
         """Revert one piece: its memory is retrained without it (or dropped if emptied)."""
-        def change(plan) -> UpdateResult:
+        def change(plan: Updater) -> UpdateResult:
             if not is_piece_id(piece_id) or piece_id not in plan.snap.pieces:
                 raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
             return plan.remove_pieces([piece_id], f"delete piece {piece_id}")
@@ -528,7 +273,7 @@ class Loka:
                       should_cancel: CancelCheck | None = None,
                       on_publish: PublishRecord | None = None) -> UpdateResult:
         """Drop a memory and every piece it holds."""
-        def change(plan) -> UpdateResult:
+        def change(plan: Updater) -> UpdateResult:
             if not is_memory_id(memory_id) or memory_id not in plan.snap.memories:
                 raise NotFound(f"no memory {memory_id!r}", field="memory_id")
             return plan.drop_memory(memory_id)
@@ -555,7 +300,7 @@ class Loka:
                                       tuple(sorted(set(old.pieces) - set(current.pieces))),
                                       tuple(sorted(set(current.pieces) - set(old.pieces))))
 
-                def extra(v: int, result=result):
+                def extra(v: int, result: UpdateResult = result):
                     return on_publish(replace(result, codebook_version=v)) if on_publish else ()
 
                 try:
@@ -566,50 +311,63 @@ class Loka:
                 except HeadMoved as moved:
                     logger.info("rollback: %s; re-planning", moved.message)
                     continue
-                self._set_live(self._load_live(new_version))
+                self._set_live(self._load(new_version))
                 return replace(result, codebook_version=new_version)
         raise ConflictError(f"the codebook head kept moving; rollback not published after "
                             f"{MAX_REPLANS} attempts")
 
-    def _write(self, change: Callable[[Any], UpdateResult], options: UpdateOptions | None,
+    def _write(self, change: Callable[[Updater], UpdateResult], options: UpdateOptions | None,
                progress: ProgressCallback | None, should_cancel: CancelCheck | None,
                on_publish: PublishRecord | None) -> UpdateResult:
         """Plan ``change`` on the head and publish it; on ``HeadMoved`` re-plan on the new head
         (the retry context keeps ids and trained adapters)."""
-        from memory_store.update.updater import RetryContext, Updater
-
         retry = RetryContext()
         for attempt in range(MAX_REPLANS):
             with self._write_lock:
                 self.refresh()
-                plan = Updater(self, self._live.snapshot, options, progress, should_cancel,
-                               on_publish, retry=retry)
+                plan = Updater(self._update_context, self._live.snapshot, options, progress,
+                               should_cancel, on_publish, retry=retry)
                 try:
                     result = change(plan)
                 except HeadMoved as moved:
                     logger.info("%s; re-planning on the new head (attempt %d)", moved.message,
                                 attempt + 2)
                     continue
-                return self._commit(result, plan)
+                return self._commit(result)
         raise ConflictError(f"the codebook head kept moving; change not published after "
                             f"{MAX_REPLANS} attempts")
 
-    def _commit(self, result: UpdateResult, plan) -> UpdateResult:
-        self._set_live(self._load_live(result.codebook_version))
+    def _commit(self, result: UpdateResult) -> UpdateResult:
+        self._set_live(self._load(result.codebook_version))
         logger.info("published codebook version %d (%d memories)", result.codebook_version,
                     len(self._live.snapshot.memories))
         return result
 
+    # ------------------------------------------------------------------ following the head
+    def refresh(self) -> int:
+        """Switch to the store's head if another process published a newer version; the
+        version now served. The switch is one reference assignment: requests already running
+        finish on the view they started with, later ones use the new one."""
+        head = self.store.head()
+        if head <= self._live.version:
+            return self._live.version
+        with self._live_lock:
+            if head > self._live.version:
+                live = self._load(head)
+                if live.version > self._live.version:
+                    self._live = live
+                    logger.info("following the head: now serving codebook version %d",
+                                live.version)
+        return self._live.version
 
-def _piece(p) -> Piece:
-    return Piece(p.id, p.kind, p.prompt, p.target, p.paraphrases, p.memory_id, p.created_at,
-                 p.added_in)
+    def _set_live(self, live: LiveVersion) -> None:
+        with self._live_lock:
+            if live.version > self._live.version:
+                self._live = live
 
 
 def default_background() -> tuple[str, ...]:
     """Hard-negative prompts for the built-in model: the facts it knows, plus general text."""
-    from memory_store.models.builtin.corpus import FACTS, GENERAL_PROMPTS
-
     # one phrasing per fact: the other phrasings stay unseen, as paraphrases are in real use
     return tuple(f.prompts[0] for f in FACTS) + tuple(GENERAL_PROMPTS)
 
@@ -637,8 +395,3 @@ def _merge_config(store: Store, config: LokaConfig | None) -> LokaConfig:
                             f"({stored.keys}, {stored.lora})", field="config")
     store.set_meta("config", config.model_dump_json())
     return config
-
-
-def timed() -> Callable[[], float]:
-    start = time.perf_counter()
-    return lambda: time.perf_counter() - start

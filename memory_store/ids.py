@@ -23,3 +23,10 @@ def is_memory_id(value: str) -> bool:
 
 def is_piece_id(value: str) -> bool:
     return isinstance(value, str) and bool(_PIECE.fullmatch(value))
+
+
+def id_number(value: str) -> int:
+    """The number of a memory or piece id (``"mem_000042"`` -> 42)."""
+    if not (is_memory_id(value) or is_piece_id(value)):
+        raise ValueError(f"not a codebook id: {value!r}")
+    return int(value.rpartition("_")[2])

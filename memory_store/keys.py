@@ -136,3 +136,30 @@ CALIBRATION_PROMPTS: tuple[str, ...] = (
     "The currency used there is", "The mountain is known for", "The recipe calls for",
     "The sport they love is", "Q: What is the profession of the man?\nA:",
 )
+
+
+class KeyEncoder:
+    """Unit keys on the frozen model: the pooled hidden state at the key layer, minus the
+    store's key centre, normalised. One per engine; thread-safe (reads only)."""
+
+    def __init__(self, model: nn.Module, tokenizer, layout: ModelLayout, pooling: str,
+                 centre: torch.Tensor) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.pooling = pooling
+        self.centre = centre
+
+    def keys(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, d) float32 unit keys of ``prompts``."""
+        return compute_keys(self.model, self.tokenizer, self.layout, list(prompts), self.centre,
+                            self.pooling)
+
+    def unit(self, raw: torch.Tensor) -> np.ndarray:
+        """(N, d) raw pooled keys (as the routing hook sees them) -> (N, d) unit keys."""
+        return normalise(raw.float().cpu(), self.centre).numpy()
+
+
+def key_centre(model: nn.Module, tokenizer, layout: ModelLayout, pooling: str) -> torch.Tensor:
+    """(d,) mean raw key of ``CALIBRATION_PROMPTS``: computed once, when a store is created."""
+    return raw_keys(model, tokenizer, layout, CALIBRATION_PROMPTS, pooling).mean(0)

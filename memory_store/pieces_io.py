@@ -13,7 +13,9 @@ MAX_TEXT_CHARS = 4000
 MAX_PARAPHRASES = 32
 
 
-def _text(value: object, field: str, *, allow_empty: bool = False) -> str:
+def check_text(value: object, field: str, *, allow_empty: bool = False) -> str:
+    """``value`` if it is a usable text (a string, not blank unless allowed, not too long,
+    encodable); else InvalidInput naming ``field``."""
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string", field=field)
     if not allow_empty and not value.strip():
@@ -35,16 +37,16 @@ def validate(pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = ()) -> 
     for i, p in enumerate(pieces):
         if p.kind not in (PieceKind.EDIT, PieceKind.UNLEARN):
             raise InvalidInput(f"unknown kind {p.kind!r}", field=f"pieces[{i}].kind")
-        _text(p.prompt, f"pieces[{i}].prompt")
-        _text(p.target, f"pieces[{i}].target")
+        check_text(p.prompt, f"pieces[{i}].prompt")
+        check_text(p.target, f"pieces[{i}].target")
         if len(p.paraphrases) > MAX_PARAPHRASES:
             raise InvalidInput(f"at most {MAX_PARAPHRASES} paraphrases",
                                field=f"pieces[{i}].paraphrases")
         for j, q in enumerate(p.paraphrases):
-            _text(q, f"pieces[{i}].paraphrases[{j}]")
+            check_text(q, f"pieces[{i}].paraphrases[{j}]")
     for i, r in enumerate(retain):
-        _text(r.prompt, f"retain[{i}].prompt")
-        _text(r.target, f"retain[{i}].target", allow_empty=True)
+        check_text(r.prompt, f"retain[{i}].prompt")
+        check_text(r.target, f"retain[{i}].target", allow_empty=True)
 
 
 def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
@@ -59,8 +61,8 @@ def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
         if name not in obj:
             raise InvalidInput(f"{where}: missing field {name!r}", field=name)
     if kind == "retain":
-        prompt = _text(obj["prompt"], f"{where}: prompt")
-        target = _text(obj.get("target", ""), f"{where}: target", allow_empty=True)
+        prompt = check_text(obj["prompt"], f"{where}: prompt")
+        target = check_text(obj.get("target", ""), f"{where}: target", allow_empty=True)
         return RetainSpec(prompt, target)
     if kind not in ("edit", "unlearn"):
         raise InvalidInput(f"{where}: kind must be 'edit', 'unlearn' or 'retain', got {kind!r}",
@@ -70,9 +72,9 @@ def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
         raise InvalidInput(f"{where}: paraphrases must be a list of strings", field="paraphrases")
     return PieceSpec(
         PieceKind(kind),
-        _text(obj["prompt"], f"{where}: prompt"),
-        _text(obj["target"], f"{where}: target"),
-        tuple(_text(q, f"{where}: paraphrases[{j}]") for j, q in enumerate(paraphrases)),
+        check_text(obj["prompt"], f"{where}: prompt"),
+        check_text(obj["target"], f"{where}: target"),
+        tuple(check_text(q, f"{where}: paraphrases[{j}]") for j, q in enumerate(paraphrases)),
     )
 
 

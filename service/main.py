@@ -34,9 +34,9 @@ from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.follower import HeadFollower
-from service.generation import Generator
 from service.jobs import Job, JobQueue
 from service.metrics import Metrics, MetricsMiddleware
+from service.scheduler import GenerationScheduler
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _load(state: ServiceState) -> None:
         state.jobs = job_queue
         state.follower = HeadFollower(engine, poll_s=settings.follow_poll_s)
         state.follower.start()
-        state.generator = Generator(
+        state.generator = GenerationScheduler(
             engine, state.metrics, max_prompt_tokens=settings.max_prompt_tokens,
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
         )

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from memory_store import Loka
 from service.config import Settings
 from service.follower import HeadFollower
-from service.generation import Generator
 from service.jobs import JobQueue
 from service.metrics import Metrics
+from service.scheduler import GenerationScheduler
 
 
 @dataclass
@@ -22,8 +22,8 @@ class ServiceState:
     metrics: Metrics
     engine: Loka | None = None
     jobs: JobQueue | None = None
-    generator: Generator | None = None
     follower: HeadFollower | None = None
+    generator: GenerationScheduler | None = None
     load_error: str | None = None
     closing: bool = False
     # called (from the loader thread) when loading fails; ``python -m service`` exits then

@@ -29,7 +29,7 @@ from memory_store.config import KeySettings, LoraSettings, TrainerSettings
 from memory_store.lora.layer import TrainState, inject, use_state
 from memory_store.lora.weights import AdapterWeights, init_adapter
 from memory_store.models.access import describe, load_model
-from memory_store.serving.batching import Generator, RowPlan
+from memory_store.serving.batching import BatchGenerator, RowPlan
 from memory_store.serving.lora import BatchState
 from memory_store.types import PieceKind, PieceSpec, RetainSpec, Route
 from memory_store.update import losses
@@ -65,7 +65,7 @@ class AdapterServed:
         self.layout = describe(self.model, LoraSettings(rank=budget.rank, alpha=budget.alpha),
                                KeySettings())
         inject(self.model, self.layout)
-        self.generator = Generator(self.model, self.tokenizer, self.layout, "last")
+        self.generator = BatchGenerator(self.model, self.tokenizer, self.layout, "last")
         self.weights: AdapterWeights | None = (
             init_adapter(self.layout, budget.rank, budget.alpha, seed) if recipe else None)
         self.rng = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""The real service in this process (uvicorn on 127.0.0.1, a free port) and load generators.
+"""Load generators against the real service, which runs in this process
+(``service.embedded.running_service``: uvicorn on 127.0.0.1, a free port).
 
 Running the server in the benchmark's own process lets one run compare the base model, LOKA and
 the naive baseline side by side, and lets the benchmark read the engine's counters. The clients
@@ -7,71 +8,20 @@ run in a child process (``benchmarks.serving.loadgen``), as real clients would r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
-import uvicorn
+from service.embedded import Service, running_service
 
-from service.config import Settings
-from service.main import create_app
-from service.state import ServiceState
+__all__ = ["Answer", "LoadResult", "Service", "closed_loop", "running_service", "send"]
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 600.0
 LOAD_TIMEOUT_S = 900.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Service:
-    """A running in-process service: its base URL and its runtime state."""
-
-    url: str
-    state: ServiceState
-
-
-@contextlib.contextmanager
-def running_service(settings: Settings) -> Iterator[Service]:
-    """Start the app with uvicorn in a thread; wait until ``/ready``; stop it afterwards."""
-    port = free_port()
-    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    state: ServiceState = app.state.service
-    try:
-        while True:
-            if state.load_error is not None:
-                raise RuntimeError(f"the service failed to load: {state.load_error}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/ready", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.1)
-        yield Service(url, state)
-    finally:
-        server.should_exit = True
-        thread.join(60.0)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.serving.codebook import publish_synthetic
 from benchmarks.serving.http import LoadResult, closed_loop, running_service, send
 from benchmarks.serving.models import BenchModel
 from benchmarks.serving.naive import NaivePeft
 from memory_store import Loka
+from memory_store.codebook.synthetic import publish_synthetic
 from memory_store.models.builtin import FACTS
 from memory_store.serving.batching import GenerationStats
 from memory_store.types import GenerationRequest

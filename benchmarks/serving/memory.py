@@ -97,8 +97,8 @@ def measure(model: Path, sizes: tuple[int, ...], caches: tuple[int, ...],
             workdir: Path) -> dict:
     """Every (codebook size, cache size) point; cache ``0`` stands for "as large as the
     codebook" (nothing evicted: what serving without an LRU would hold)."""
-    from benchmarks.serving.codebook import publish_synthetic
     from memory_store import Loka
+    from memory_store.codebook.synthetic import publish_synthetic
     from memory_store.models.builtin import FACTS
 
     prompts = [f.prompts[0] for f in FACTS]

@@ -78,8 +78,10 @@ def peft_config(layout: ModelLayout, rank: int, alpha: float, base_model: str) -
 
 
 def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
-                 directory: Path) -> None:
-    """Write a PEFT adapter folder atomically: a temp folder, fsync, then rename."""
+                 directory: Path, durable: bool = True) -> None:
+    """Write a PEFT adapter folder atomically: a temp folder, then rename. ``durable`` also
+    fsyncs the files and the parent folder (a published memory must survive a crash; a
+    synthetic one written by the thousand for a benchmark need not)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}-{threading.get_ident()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -90,9 +92,10 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
     save_file(tensors, str(tmp / "adapter_model.safetensors"))
     config = peft_config(layout, weights.rank, weights.alpha, base_model)
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    if durable:
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
     if directory.exists():  # same content hash: already written by an earlier attempt
         for f in tmp.iterdir():
             f.unlink()
@@ -105,7 +108,8 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # another writer renamed the same content first
         return
-    _fsync_dir(directory.parent)
+    if durable:
+        _fsync_dir(directory.parent)
 
 
 def load_adapter(directory: Path) -> AdapterWeights:

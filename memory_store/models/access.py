@@ -162,7 +162,7 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
 def default_key_layer(n_layers: int) -> int:
     """Three quarters of the depth. On the built-in model (4 blocks) keys read at block 3
     routed every untouched prompt to the base model (locality 1.00) against 0.96 at block 2,
-    and held-out paraphrases 0.88 against 0.75 (benchmarks/default_model_update.py)."""
+    and held-out paraphrases 0.88 against 0.75 (the benchmark default_model_update)."""
     return max(1, n_layers - max(1, n_layers // 4))
 
 

@@ -52,7 +52,7 @@ def index_kind(settings: IndexSettings, n: int) -> str:
         return settings.kind
     # IVF met the 100k-key target at default settings (0.05 ms, recall@1 0.977 on real keys;
     # 0.29 ms, 1.000 on 768-wide ones) where HNSW missed it (recall 0.930 / 1.13 ms), and it
-    # builds ~2.5x faster (benchmarks/results/serving)
+    # builds ~2.5x faster (the serving benchmark's search results)
     return "ivf" if n >= settings.approximate_from else "flat"
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from memory_store.keys import encode_batch, install_key_hook, on_key_layer, pool
+from memory_store.keys import encode_batch, install_key_hook, on_key_layer, pool, raw_keys
 from memory_store.lora.layer import LoraState, use_state
 from memory_store.lora.weights import AdapterWeights
 from memory_store.models.access import ModelLayout, get_module
@@ -64,7 +64,7 @@ class RowOutput:
 
 @dataclass
 class GenerationStats:
-    """Cumulative counters of a ``Generator``; read the difference around a workload."""
+    """Cumulative counters of a ``BatchGenerator``; read the difference around a workload."""
 
     prefills: int = 0  # prefill forwards (each routes its own rows)
     rows: int = 0  # rows prefilled
@@ -169,7 +169,7 @@ class _Rows:
         self.next_ids = []
 
 
-class Generator:
+class BatchGenerator:
     """Runs ``RowPlan`` batches on a frozen model with injected LoRA wrappers."""
 
     def __init__(self, model, tokenizer, layout: ModelLayout, pooling: str) -> None:
@@ -180,7 +180,7 @@ class Generator:
         self.single_pass = min(layout.lora_layers, default=layout.key_layer) >= layout.key_layer
         install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
         self.eos = tokenizer.eos_token_id
-        # benchmarks only (as vLLM's ignore_eos): every row generates max_new_tokens
+        # for benchmarking only (as vLLM's ignore_eos): every row generates max_new_tokens
         self.ignore_eos = False
         self.stats = GenerationStats()
         self._stats_lock = threading.Lock()
@@ -191,16 +191,16 @@ class Generator:
                 setattr(self.stats, name, getattr(self.stats, name) + value)
 
     def generate(self, plans: Sequence[RowPlan], router: RouterFn) -> list[RowOutput]:
-        rows = self._prefill(plans, router, [None] * len(plans), eager_text=False)
+        rows = self.prefill(plans, router, [None] * len(plans), eager_text=False)
         outs = list(rows.outs)
         while len(rows):
-            self._step(rows)
+            self.step(rows)
         return outs
 
     @torch.no_grad()
     def stream(self, plans: Sequence[RowPlan], router: RouterFn) -> Iterator[list[RowOutput]]:
         """Yields the rows' outputs after routing and after every decoding step."""
-        rows = self._prefill(plans, router, [None] * len(plans), eager_text=True)
+        rows = self.prefill(plans, router, [None] * len(plans), eager_text=True)
         outs = list(rows.outs)
         yield outs
         while len(rows):
@@ -210,7 +210,7 @@ class Generator:
 
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
-    def _prefill(self, plans: Sequence[RowPlan], router: RouterFn, tags: Sequence[Any],
+    def prefill(self, plans: Sequence[RowPlan], router: RouterFn, tags: Sequence[Any],
                  eager_text: bool) -> _Rows:
         """Route and prefill ``plans``: rows ready for their first token."""
         started = time.perf_counter()
@@ -240,8 +240,6 @@ class Generator:
         if not auto_rows:
             deferred.inner = BatchState(adapters, self.model.dtype, mask.device)
         elif not self.single_pass:
-            from memory_store.keys import raw_keys
-
             t = time.perf_counter()
             decide(raw_keys(self.model, self.tokenizer, self.layout,
                             [plans[i].prompt for i in auto_rows], self.pooling))
@@ -300,7 +298,7 @@ class Generator:
         self._count(decode_steps=1, decode_rows=len(rows),
                     decode_s=time.perf_counter() - started)
 
-    def _step(self, rows: _Rows) -> list[tuple[Any, RowOutput]]:
+    def step(self, rows: _Rows) -> list[tuple[Any, RowOutput]]:
         """One token for every row; the (tag, output) of the rows that finished."""
         finished = self._pick(rows)
         done = [(rows.tags[i], rows.outs[i]) for i in finished]
@@ -337,7 +335,7 @@ class RunningBatch:
     running rows; ``step`` gives every row one token and returns the rows that finished. Not
     thread-safe: one caller at a time (the service's generation worker)."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: BatchGenerator) -> None:
         self._gen = generator
         self._rows: _Rows | None = None
 
@@ -355,7 +353,7 @@ class RunningBatch:
         If the prefill fails, the running rows are untouched."""
         if not self.can_join:
             raise RuntimeError("rows cannot join this batch now; check can_join")
-        new = self._gen._prefill(plans, router, tags, eager_text=False)
+        new = self._gen.prefill(plans, router, tags, eager_text=False)
         if self._rows is None:
             self._rows = new
         else:
@@ -366,7 +364,7 @@ class RunningBatch:
         if self._rows is None:
             return []
         try:
-            done = self._gen._step(self._rows)
+            done = self._gen.step(self._rows)
         except BaseException:
             self._rows = None  # a failed forward leaves the cache in an unknown state
             raise

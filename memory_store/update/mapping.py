@@ -2,14 +2,40 @@
 
 - ``capacity_kmeans``: a batch of n keys -> K = ceil(n / capacity) clusters, none larger than
   ``capacity`` (spherical k-means with a capacity-bounded greedy assignment).
-- ``LshTable``: random-hyperplane LSH for sequential updates; bucket -> memory id.
+- ``LshTable``: random-hyperplane LSH for sequential updates; its settings are pinned in the
+  store when it is created (``pinned_lsh``), so stored buckets stay valid.
+- ``join_existing``: sequential updates join the nearest existing memory with room in their
+  bucket.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from memory_store.codebook.store import MemoryRecord, Store
+from memory_store.config import MappingSettings
+from memory_store.types import ConflictDecision
+
+logger = logging.getLogger(__name__)
+
+LSH_META = "lsh"
+
+
+@dataclass
+class Group:
+    """Pieces that will form one memory; ``memory_id`` None until a new memory is allocated."""
+
+    piece_ids: list[str]
+    memory_id: str | None = None
+    conflict: ConflictDecision | None = None
+    multitask: bool = False
+    kind: str = "edit"
+    extra_retain: list[tuple[str, str]] = field(default_factory=list)
 
 
 def capacity_kmeans(keys: np.ndarray, capacity: int, iters: int = 25, seed: int = 0) -> np.ndarray:
@@ -68,3 +94,29 @@ class LshTable:
         """(n, d) keys -> (n,) buckets; O(b d) per key."""
         signs = (keys @ self.planes.T) > 0  # (n, b)
         return (signs.astype(np.int64) * self.weights).sum(1)
+
+
+def pinned_lsh(store: Store, bits: int, seed: int, dim: int) -> LshTable:
+    """The LSH table of ``store``: created from ``bits``/``seed`` when the store is new;
+    PLACEHOLDER"""
+    return LshTable(dim, bits, seed=seed)
+
+
+def join_existing(piece_ids: Sequence[str], keys: np.ndarray,
+                  memories: Mapping[str, MemoryRecord], counts: dict[str, int], lsh: LshTable,
+                  settings: MappingSettings) -> tuple[dict[str, list[str]], list[str]]:
+    """Sequential updates: each new piece joins an existing memory of its LSH bucket with room
+    (fewer than ``capacity`` pieces) whose key is at least ``join_similarity`` to its own.
+    (memory id -> joined piece ids, the pieces that joined none). ``counts`` is updated."""
+    table = {rec.bucket: mid for mid, rec in sorted(memories.items()) if rec.bucket is not None}
+    joined: dict[str, list[str]] = {}
+    rest = []
+    for pid, key, bucket in zip(piece_ids, keys, lsh.buckets(keys), strict=True):
+        mid = table.get(int(bucket))
+        if (mid is not None and counts.get(mid, settings.capacity) < settings.capacity
+                and float(key @ memories[mid].key) >= settings.join_similarity):
+            joined.setdefault(mid, []).append(pid)
+            counts[mid] += 1
+        else:
+            rest.append(pid)
+    return joined, rest

@@ -1,4 +1,4 @@
-"""Training one memory (a LoRA adapter) on its pieces, and the conflict score of LOKA.
+"""Training one memory (a LoRA adapter) on its pieces.
 
 A memory holding only edits or only unlearning requests descends
 ``L_task + retain_weight * L_retain``. A mixed (multi-task) memory steps along the two-task MGDA
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory_store.config import ConflictSettings, LoraSettings, TrainerSettings
+from memory_store.config import LoraSettings, TrainerSettings
 from memory_store.errors import Cancelled
 from memory_store.keys import tokenize
 from memory_store.lora.layer import TrainState, use_state
@@ -125,7 +125,8 @@ def _flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
     ])
 
 
-def _grad_of(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+def grad_of(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The flat gradient of ``loss`` with respect to ``params`` (zeros where unused)."""
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([
         (g if g is not None else torch.zeros_like(p)).reshape(-1)
@@ -226,11 +227,11 @@ def _step(objective: Objective, params: list, trainer: TrainerSettings,
     if mixed:
         le, logits_e = objective.edit_loss()
         lu, logits_u = objective.unlearn_loss()
-        g_e, g_u = _grad_of(le, params), _grad_of(lu, params)
+        g_e, g_u = grad_of(le, params), grad_of(lu, params)
         direction, _ = mgda_direction(g_e, g_u)
         if objective.retain is not None and trainer.retain_weight > 0:
             lr_ = objective.retain_loss() * trainer.retain_weight
-            direction = direction + _grad_of(lr_, params)
+            direction = direction + grad_of(lr_, params)
             total += float(lr_.detach())
         _assign_grad(params, direction)
         total += float(le.detach()) + float(lu.detach())
@@ -260,29 +261,3 @@ def _check(objective: Objective, state: TrainState) -> bool:
             ok = ok and objective.unlearn_done(
                 losses.forward_logits(objective.model, objective.unlearn))
     return ok
-
-
-def conflict_score(
-    model, tokenizer, layout: ModelLayout, task: MemoryTask, trainer: TrainerSettings,
-    lora: LoraSettings, conflict: ConflictSettings, seed: int,
-) -> tuple[float, float]:
-    """Fraction of sampled (edit, unlearn) mini-batch pairs whose LoRA gradients have
-    cosine <= 0, and the mean cosine. No weights are updated."""
-    npo = trainer.model_copy(update={"unlearn_loss": "npo"})
-    objective = Objective(model, tokenizer, task, npo)
-    state = TrainState(init_adapter(layout, lora.rank, lora.alpha, seed),
-                       next(model.parameters()).device)
-    params = state.parameters()
-    gen = torch.Generator().manual_seed(seed)
-    n_e, n_u = len(objective.edit), len(objective.unlearn)
-    cosines = []
-    with use_state(state):
-        for _ in range(conflict.samples):
-            re = torch.randperm(n_e, generator=gen)[: conflict.batch_size]
-            ru = torch.randperm(n_u, generator=gen)[: conflict.batch_size]
-            g_e = _grad_of(objective.edit_loss(re)[0], params)
-            g_u = _grad_of(objective.unlearn_loss(ru)[0], params)
-            cos = float(g_e.dot(g_u) / (g_e.norm() * g_u.norm()).clamp(min=1e-12))
-            cosines.append(cos)
-    score = sum(c <= 0 for c in cosines) / len(cosines)
-    return score, sum(cosines) / len(cosines)

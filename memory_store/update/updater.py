@@ -1,8 +1,9 @@
 """One codebook change, built off to the side and published atomically.
 
-``Updater`` takes the current snapshot and produces the next version:
-supersession -> keys -> mapping (LSH join, then capacity-bounded k-means) -> conflict score
-(split or MGDA) -> training of the touched memories only -> router -> publish.
+``Updater`` takes the current snapshot and produces the next version. Plan: supersession ->
+keys -> mapping (LSH join, then capacity-bounded k-means) -> conflict score (split or MGDA).
+Train: the touched memories only. Publish: index, gate, then one store transaction.
+Everything it needs from the engine comes in an ``UpdateContext``.
 """
 
 from __future__ import annotations
@@ -15,28 +16,47 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord
+from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
+from memory_store.config import LokaConfig
 from memory_store.errors import Cancelled
+from memory_store.ids import id_number, memory_id, piece_id
+from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
-from memory_store.routing.gate import save_gate, train_gate
+from memory_store.models.access import ModelLayout
+from memory_store.routing.gate import Gate, save_gate, train_gate
 from memory_store.routing.index import KeyIndex, retrieval_index
 from memory_store.types import (
+    CancelCheck,
     ConflictDecision,
     PieceKind,
     PieceSpec,
+    ProgressCallback,
     PublishRecord,
     RetainSpec,
     UpdateOptions,
     UpdateResult,
 )
-from memory_store.update.mapping import LshTable, capacity_kmeans
-from memory_store.update.trainer import MemoryTask, conflict_score, train_memory
+from memory_store.update import conflict
+from memory_store.update.mapping import Group, LshTable, capacity_kmeans, join_existing
+from memory_store.update.supersede import deduplicate, norm_prompt, superseded
+from memory_store.update.trainer import MemoryTask, train_memory
 
 logger = logging.getLogger(__name__)
 
 
-def norm_prompt(prompt: str) -> str:
-    return " ".join(prompt.split())
+class Background:
+    """Hard-negative prompts (the base model's own knowledge, general text) and their keys,
+    computed on first use."""
+
+    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder) -> None:
+        self.prompts = tuple(dict.fromkeys(prompts))
+        self._encoder = encoder
+        self._keys: np.ndarray | None = None
+
+    def keys(self) -> np.ndarray:
+        if self._keys is None:
+            self._keys = self._encoder.keys(self.prompts)
+        return self._keys
 
 
 @dataclass
@@ -48,28 +68,35 @@ class RetryContext:
     piece_ids: list[str] | None = None
     memory_ids: list[str] = field(default_factory=list)
     trained: dict[tuple[str, str], tuple[object, object]] = field(default_factory=dict)
-    attempts: int = 0
 
 
-@dataclass
-class Group:
-    """Pieces that will form one memory; ``memory_id`` None until a new memory is allocated."""
+@dataclass(frozen=True)
+class UpdateContext:
+    """What an update needs from the engine: the frozen model and where it hooks in, the
+    method's settings, the key encoder, the store and the LSH table pinned in it."""
 
-    piece_ids: list[str]
-    memory_id: str | None = None
-    conflict: ConflictDecision | None = None
-    multitask: bool = False
-    kind: str = "edit"
-    extra_retain: list[tuple[str, str]] = field(default_factory=list)
+    model: object
+    tokenizer: object
+    model_name: str
+    layout: ModelLayout
+    config: LokaConfig
+    encoder: KeyEncoder
+    background: Background
+    store: Store
+    lsh: LshTable
 
 
 class Updater:
-    def __init__(self, loka, snapshot, options: UpdateOptions | None, progress,
-                 should_cancel, on_publish: PublishRecord | None = None,
+    """Builds the version after ``snapshot``; one instance per change (``apply``,
+    ``remove_pieces`` or ``drop_memory``), run under the engine's write lock."""
+
+    def __init__(self, ctx: UpdateContext, snapshot: Snapshot, options: UpdateOptions | None,
+                 progress: ProgressCallback | None, should_cancel: CancelCheck | None,
+                 on_publish: PublishRecord | None = None,
                  retry: RetryContext | None = None) -> None:
-        self.loka = loka
+        self.ctx = ctx
         self.retry = retry or RetryContext()
-        self.cfg = loka.config
+        self.cfg = ctx.config
         self.snap = snapshot
         overrides = {}
         if options is not None:
@@ -92,29 +119,29 @@ class Updater:
         self.decisions: dict[str, ConflictDecision] = {}
         self.update_retain: list[tuple[str, str]] = []
         self.started = time.perf_counter()
-        self.lsh = LshTable(loka.layout.hidden_size, self.cfg.mapping.lsh_bits,
-                            seed=self.cfg.trainer.seed)
 
     # ------------------------------------------------------------------ entry points
     def apply(self, specs: Sequence[PieceSpec], retain: Sequence[RetainSpec]) -> UpdateResult:
         self.progress("keys", 0, 1)
         texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
-        all_keys = self.loka.keys(texts + [r.prompt for r in retain])
+        all_keys = self.ctx.encoder.keys(texts + [r.prompt for r in retain])
         piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
         self._add_retain(retain, retain_keys)
         self.progress("keys", 1, 1)
-        self._supersede(specs)
-        if self.retry.piece_ids is None:
-            self.retry.piece_ids = [f"pc_{n:06d}"
-                                    for n in self.loka.store.next_ids("piece", len(specs))]
+        for pid in superseded(self.pieces.values(), specs):
+            self._remove_piece(pid)
+        offsets = np.cumsum([0] + [1 + len(s.paraphrases) for s in specs])
+        kept = deduplicate(specs)
+        if self.retry.piece_ids is None:  # a re-plan names the same pieces
+            self.retry.piece_ids = [piece_id(n)
+                                    for n in self.ctx.store.next_ids("piece", len(kept))]
         new_ids = list(self.retry.piece_ids)
-        offset, now = 0, time.time()
-        for pid, spec in zip(new_ids, specs, strict=True):
-            n = 1 + len(spec.paraphrases)
-            keys = piece_keys[offset:offset + n]
+        now = time.time()
+        for pid, i in zip(new_ids, kept, strict=True):
+            spec = specs[i]
+            keys = piece_keys[offsets[i]:offsets[i + 1]]
             self.pieces[pid] = PieceRecord(pid, spec.kind, spec.prompt, spec.target,
                                            tuple(spec.paraphrases), "", keys, now)
-            offset += n
         self.pieces_added = new_ids
         groups = self._map(new_ids)
         return self._train_and_publish(groups, f"update: {len(specs)} pieces")
@@ -147,45 +174,18 @@ class Updater:
         if piece.memory_id in self.memories:
             self.touched.add(piece.memory_id)
 
-    def _supersede(self, specs: Sequence[PieceSpec]) -> None:
-        """A new piece replaces stored pieces of the same prompt, except that several
-        unlearning requests of one prompt with different targets coexist."""
-        by_prompt: dict[str, list[str]] = {}
-        for p in self.pieces.values():
-            by_prompt.setdefault(norm_prompt(p.prompt), []).append(p.id)
-        for spec in specs:
-            for pid in by_prompt.get(norm_prompt(spec.prompt), []):
-                old = self.pieces.get(pid)
-                if old is None:
-                    continue
-                both_unlearn = old.kind == spec.kind == PieceKind.UNLEARN
-                if both_unlearn and old.target != spec.target:
-                    continue
-                self._remove_piece(pid)
-
     def _members(self, memory_id: str) -> list[str]:
         return [p.id for p in self.pieces.values() if p.memory_id == memory_id]
 
     def _map(self, new_ids: list[str]) -> list[Group]:
         """LSH join into existing memories with room; the rest by capacity-bounded k-means."""
         m = self.cfg.mapping
-        table = {rec.bucket: mid for mid, rec in sorted(self.memories.items())
-                 if rec.bucket is not None}
         counts = {mid: len(self._members(mid)) for mid in self.memories}
-        joined: dict[str, list[str]] = {}
-        rest = []
         prompt_keys = np.stack([self.pieces[p].keys[0] for p in new_ids])
-        buckets = self.lsh.buckets(prompt_keys)
-        for pid, key, bucket in zip(new_ids, prompt_keys, buckets, strict=True):
-            mid = table.get(int(bucket))
-            if (mid is not None and counts.get(mid, m.capacity) < m.capacity
-                    and float(key @ self.memories[mid].key) >= m.join_similarity):
-                joined.setdefault(mid, []).append(pid)
-                counts[mid] += 1
-                self.touched.add(mid)
-            else:
-                rest.append(pid)
+        joined, rest = join_existing(new_ids, prompt_keys, self.memories, counts, self.ctx.lsh,
+                                     m)
         for mid, pids in joined.items():
+            self.touched.add(mid)
             for pid in pids:
                 self._assign(pid, mid)
         groups = []
@@ -242,14 +242,10 @@ class Updater:
         return rec.kind if rec else None
 
     def _conflict(self, g: Group) -> ConflictDecision:
-        c = self.cfg.conflict
-        task = self._task(g, with_retain=False)
-        score, mean_cos = conflict_score(self.loka.model, self.loka.tokenizer, self.loka.layout,
-                                         task, self.trainer, self.cfg.lora, c,
-                                         self.trainer.seed)
-        decision = c.mode if c.mode != "auto" else ("split" if score >= c.tau else "mgda")
-        logger.info("conflict score %.2f (mean cos %.3f) -> %s", score, mean_cos, decision)
-        return ConflictDecision(score, c.tau, decision, c.samples, mean_cos)
+        ctx = self.ctx
+        return conflict.decide(ctx.model, ctx.tokenizer, ctx.layout,
+                               self._task(g, with_retain=False), self.trainer, self.cfg.lora,
+                               self.cfg.conflict)
 
     # ------------------------------------------------------------------ training
     def _task(self, g: Group, with_retain: bool = True) -> MemoryTask:
@@ -297,13 +293,13 @@ class Updater:
     def _background_negatives(self) -> list[tuple[str, np.ndarray]]:
         """Background prompts usable as negatives: not a stored text and not so close to a
         stored key that they are probably unlisted paraphrases."""
-        bg = self.loka.background_keys()
+        prompts, bg = self.ctx.background.prompts, self.ctx.background.keys()
         if not len(bg) or not self.pieces:
-            return list(zip(self.loka._background, bg, strict=True))
+            return list(zip(prompts, bg, strict=True))
         pos = np.concatenate([p.keys for p in self.pieces.values()])
         near = (bg @ pos.T).max(1) >= self.cfg.router.exclude_similarity
         stored = self._stored_texts()
-        return [(q, k) for q, k, n in zip(self.loka._background, bg, near, strict=True)
+        return [(q, k) for q, k, n in zip(prompts, bg, near, strict=True)
                 if not n and norm_prompt(q) not in stored]
 
     def _train_and_publish(self, groups: list[Group], reason: str) -> UpdateResult:
@@ -311,8 +307,8 @@ class Updater:
         fresh = [g for g in groups if g.memory_id is None]
         pool = self.retry.memory_ids
         if len(fresh) > len(pool):  # ids reserved by an earlier plan are used first
-            pool += [f"mem_{n:06d}"
-                     for n in self.loka.store.next_ids("memory", len(fresh) - len(pool))]
+            pool += [memory_id(n) for n in
+                     self.ctx.store.next_ids("memory", len(fresh) - len(pool))]
         for g, mid in zip(fresh, pool, strict=False):
             g.memory_id = mid
             self.created.append(g.memory_id)
@@ -326,10 +322,10 @@ class Updater:
         return self._publish(reason)
 
     def _train_group(self, g: Group, progress) -> None:
-        loka = self.loka
+        ctx = self.ctx
         for pid in g.piece_ids:
             self._assign(pid, g.memory_id)
-        seed = self.trainer.seed * 1_000_003 + int(g.memory_id.split("_")[1])
+        seed = self.trainer.seed * 1_000_003 + id_number(g.memory_id)
         task = self._task(g)
         # the same memory with the same task on a re-plan: the adapter trained before serves
         digest_key = (g.memory_id, hashlib.sha256(repr(
@@ -338,7 +334,7 @@ class Updater:
             weights, stats = self.retry.trained[digest_key]
             progress(self.trainer.steps, self.trainer.steps)
         else:
-            weights, stats = train_memory(loka.model, loka.tokenizer, loka.layout, task,
+            weights, stats = train_memory(ctx.model, ctx.tokenizer, ctx.layout, task,
                                           self.trainer, self.cfg.lora, multitask=g.multitask,
                                           seed=seed, progress=progress,
                                           should_cancel=self.should_cancel)
@@ -348,7 +344,7 @@ class Updater:
                            stats.steps)
         digest = adapter_hash(weights)
         adapter_dir = f"adapters/{g.memory_id}/{digest}"
-        save_adapter(weights, loka.layout, loka.model_name, loka.store.root / adapter_dir)
+        save_adapter(weights, ctx.layout, ctx.model_name, ctx.store.root / adapter_dir)
         key = self._centroid(g.piece_ids)
         variant_sims = np.concatenate([self.pieces[p].keys for p in g.piece_ids]) @ key
         stats_ = {"min": float(variant_sims.min()), "mean": float(variant_sims.mean()),
@@ -357,7 +353,7 @@ class Updater:
         old = self.memories.get(g.memory_id)
         self.memories[g.memory_id] = MemoryRecord(
             g.memory_id, g.kind, digest, adapter_dir, key,
-            int(self.lsh.buckets(key[None])[0]), g.conflict or (old.conflict if old else None),
+            int(ctx.lsh.buckets(key[None])[0]), g.conflict or (old.conflict if old else None),
             stats_, stats.loss, old.created_at if old else time.time())
         if g.conflict is not None:
             self.decisions[g.memory_id] = g.conflict
@@ -366,12 +362,12 @@ class Updater:
     def _publish(self, reason: str) -> UpdateResult:
         """Write the index and gate files (named by content), then publish on the base version
         (``HeadMoved`` if another writer published meanwhile: the caller re-plans)."""
-        store = self.loka.store
+        store = self.ctx.store
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
         if mems:
             index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
-                                    self.cfg.index, self.loka.layout.hidden_size)
+                                    self.cfg.index, self.ctx.layout.hidden_size)
             index_file = store.put_file("index", "faiss", index.save)
             gate = self._train_gate(index)
             if gate is not None:
@@ -396,7 +392,7 @@ class Updater:
         self.progress("publish", 1, 1)
         return replace(result, codebook_version=version)
 
-    def _train_gate(self, index: KeyIndex):
+    def _train_gate(self, index: KeyIndex) -> Gate | None:
         if not self.cfg.router.enabled:
             return None
         pos = np.concatenate([p.keys for p in self.pieces.values()])

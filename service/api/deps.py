@@ -18,8 +18,8 @@ from pydantic import SecretStr
 from memory_store import Loka
 from service.config import Settings
 from service.errors import ServiceError
-from service.generation import Generator
 from service.jobs import JobQueue
+from service.scheduler import GenerationScheduler
 from service.state import ServiceState
 
 
@@ -64,7 +64,7 @@ def get_jobs(state: StateDep) -> JobQueue:
     return state.jobs
 
 
-def get_generator(state: StateDep) -> Generator:
+def get_generator(state: StateDep) -> GenerationScheduler:
     """The generator; 503 until the engine is loaded."""
     if not state.ready or state.generator is None:
         raise not_ready(state)
@@ -73,7 +73,7 @@ def get_generator(state: StateDep) -> Generator:
 
 EngineDep = Annotated[Loka, Depends(get_engine)]
 JobsDep = Annotated[JobQueue, Depends(get_jobs)]
-GeneratorDep = Annotated[Generator, Depends(get_generator)]
+GeneratorDep = Annotated[GenerationScheduler, Depends(get_generator)]
 
 
 def _bearer(request: Request) -> str | None:

@@ -7,19 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+from harness import LokaServer
 
 from memory_store.models.builtin.corpus import FACTS
-
-if TYPE_CHECKING:  # conftest is not importable as a module; only its type is needed
-    from conftest import LiveServer
 
 pytestmark = pytest.mark.slow
 
 
-def _run(server: LiveServer, *args: str, env_tokens: bool = True) -> subprocess.CompletedProcess:
+def _run(server: LokaServer, *args: str, env_tokens: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m loka_client ARGS`` with the server's address (and tokens) in the env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOKA_")}
     env["LOKA_URL"] = server.url
@@ -35,7 +32,7 @@ def _run(server: LiveServer, *args: str, env_tokens: bool = True) -> subprocess.
     )
 
 
-def test_generate_prints_json(live_server: LiveServer) -> None:
+def test_generate_prints_json(live_server: LokaServer) -> None:
     fact = FACTS[5]
     out = _run(live_server, "generate", fact.prompt, "--memory", "none", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
@@ -44,7 +41,7 @@ def test_generate_prints_json(live_server: LiveServer) -> None:
     assert body["usage"]["completion_tokens"] <= 4
 
 
-def test_reads_print_json(live_server: LiveServer) -> None:
+def test_reads_print_json(live_server: LokaServer) -> None:
     for command in ("codebook", "memories", "knowledge", "versions", "jobs"):
         out = _run(live_server, command)
         assert out.returncode == 0, f"{command}: {out.stderr}"
@@ -52,7 +49,7 @@ def test_reads_print_json(live_server: LiveServer) -> None:
     assert "version" in json.loads(_run(live_server, "codebook").stdout)
 
 
-def test_errors_go_to_stderr_with_exit_1(live_server: LiveServer) -> None:
+def test_errors_go_to_stderr_with_exit_1(live_server: LokaServer) -> None:
     out = _run(live_server, "memory", "mem_999999")
     assert out.returncode == 1 and out.stdout == ""
     assert "404" in out.stderr and "not_found" in out.stderr
@@ -62,7 +59,7 @@ def test_errors_go_to_stderr_with_exit_1(live_server: LiveServer) -> None:
     assert flag.returncode == 1 and "403" in flag.stderr
 
 
-def test_update_file_with_a_bad_line(live_server: LiveServer, tmp_path: Path) -> None:
+def test_update_file_with_a_bad_line(live_server: LokaServer, tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     good = {"kind": "edit", "prompt": FACTS[7].prompt, "target": " Hollisk"}
     bad = {"kind": "edit", "prompt": FACTS[8].prompt, "paraphrases": ["x"]}  # no target
@@ -74,7 +71,7 @@ def test_update_file_with_a_bad_line(live_server: LiveServer, tmp_path: Path) ->
     assert len(json.loads(_run(live_server, "jobs").stdout)) == n_jobs  # nothing was submitted
 
 
-def test_update_file_and_wait(live_server: LiveServer, tmp_path: Path) -> None:
+def test_update_file_and_wait(live_server: LokaServer, tmp_path: Path) -> None:
     fact = FACTS[100]
     other = next(f for f in FACTS if f.relation == fact.relation and f.answer != fact.answer)
     path = tmp_path / "edit.jsonl"

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pytest
+from harness import LokaServer
 from loka_client import (
     AsyncClient,
     Client,
@@ -27,9 +27,6 @@ from loka_client import (
 )
 
 from memory_store.models.builtin.corpus import FACTS, Fact
-
-if TYPE_CHECKING:  # conftest is not importable as a module; only its type is needed
-    from conftest import LiveServer
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +132,7 @@ def test_invalid_values_name_the_field(client: Client) -> None:
     assert info.value.field == "edits.0.target"
 
 
-def test_tokens(live_server: LiveServer) -> None:
+def test_tokens(live_server: LokaServer) -> None:
     with Client(live_server.url) as anonymous, pytest.raises(Unauthorized) as info:
         anonymous.generate("Hello")
     assert info.value.status_code == 401
@@ -241,7 +238,7 @@ def test_delete_knowledge_memory_and_rollback(client: Client, edited: Edited) ->
 # ---- async ---------------------------------------------------------------------------------
 
 
-def test_async_client(live_server: LiveServer) -> None:
+def test_async_client(live_server: LokaServer) -> None:
     async def run() -> None:
         async with AsyncClient(
             live_server.url, api_token=live_server.api_token, admin_token=live_server.admin_token

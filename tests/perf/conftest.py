@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serving.codebook import publish_synthetic
 from memory_store import Loka
+from memory_store.codebook.synthetic import publish_synthetic
 from memory_store.models.builtin import FACTS, ensure_default_model
 
 N_MEMORIES = 12

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.serving.codebook import publish_synthetic
 from memory_store import Loka
+from memory_store.codebook.synthetic import publish_synthetic
 from memory_store.lora.weights import AdapterWeights
 from memory_store.serving.lora import BatchState
 from memory_store.types import GenerationRequest, GenerationResult

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving.codebook import publish_synthetic, random_adapter, write_adapter
 from memory_store import Loka, LokaConfig
+from memory_store.codebook.synthetic import publish_synthetic, random_adapter
 from memory_store.config import IndexSettings
-from memory_store.engine import AdapterCache
-from memory_store.lora.weights import adapter_hash
+from memory_store.lora.weights import adapter_hash, save_adapter
 from memory_store.routing.index import KeyIndex
+from memory_store.serving.adapters import AdapterCache
 from memory_store.types import GenerationRequest
 
 from .conftest import B_STD, Codebook
@@ -42,7 +42,7 @@ def test_cache_is_least_recently_used_and_keyed_by_content(codebook: Codebook,
     for seed in range(3):
         w = random_adapter(layout, 8, 16.0, seed, B_STD)
         digest = adapter_hash(w)
-        write_adapter(w, layout, "m", tmp_path / "adapters" / "mem_000001" / digest)
+        save_adapter(w, layout, "m", tmp_path / "adapters" / "mem_000001" / digest)
         folders[seed] = (digest, f"adapters/mem_000001/{digest}")
     cache = AdapterCache(tmp_path, capacity=2)
     a = cache.get("mem_000001", *folders[0])

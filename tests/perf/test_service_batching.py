@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from benchmarks.serving.http import Service, running_service
 from service.config import Settings
+from service.embedded import Service, running_service
 
 from .conftest import Codebook
 

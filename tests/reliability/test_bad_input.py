@@ -18,11 +18,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from harness import ADMIN, API, REPO_ROOT, LokaServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory_store.ids import is_memory_id, is_piece_id
-from reliability.harness import ADMIN, API, REPO_ROOT, LokaServer
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from harness import LokaServer, accepted, wait_job
 
 from memory_store.models.builtin import counterfactual_answer, find_fact
-from reliability.harness import LokaServer, accepted, wait_job
 
 pytestmark = pytest.mark.slow
 

@@ -27,10 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from memory_store.codebook.check import check_store
-from memory_store.models.builtin import FACTS, counterfactual_answer
-from reliability.harness import (
+from harness import (
     REPO_ROOT,
     LokaServer,
     accepted,
@@ -39,6 +36,9 @@ from reliability.harness import (
     wait_job,
     wait_status,
 )
+
+from memory_store.codebook.check import check_store
+from memory_store.models.builtin import FACTS, counterfactual_answer
 
 pytestmark = pytest.mark.slow
 

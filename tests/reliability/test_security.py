@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness import ADMIN, API, LokaServer, accepted, job_rows, wait_job
 from pydantic import SecretStr
 from starlette.requests import Request
 
 from memory_store.models.builtin import counterfactual_answer, find_fact
-from reliability.harness import ADMIN, API, LokaServer, accepted, job_rows, wait_job
 from service.api import deps
 from service.config import Settings
 from service.errors import ServiceError

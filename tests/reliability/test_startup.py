@@ -24,13 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from harness import REPO_ROOT, LokaServer, accepted, free_port, wait_job
 
 from memory_store import Loka
 from memory_store.codebook.check import check_store
 from memory_store.errors import StoreError
 from memory_store.models.builtin import counterfactual_answer, find_fact
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec, UpdateOptions
-from reliability.harness import REPO_ROOT, LokaServer, accepted, free_port, wait_job
 from service.config import Settings
 from service.main import create_app
 

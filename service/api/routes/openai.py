@@ -22,7 +22,6 @@ from memory_store.types import GenerationRequest, GenerationResult
 from service.api.deps import ApiAuth, EngineDep, GeneratorDep, SettingsDep
 from service.config import Settings
 from service.errors import ServiceError, engine_status, error_body, invalid
-from service.generation import Chunk, Generator
 from service.limits import check_generation, check_text, sampling_temperature
 from service.openai_compat import (
     DEFAULT_CHAT_TOKENS,
@@ -41,6 +40,7 @@ from service.openai_compat import (
     sse,
     usage_chunk,
 )
+from service.scheduler import Chunk, GenerationScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _request(body: Any, prompt: str, memory: str, max_tokens: int, stops: list[s
     )
 
 
-async def _opened(generator: Generator, request: GenerationRequest, field: str) -> \
+async def _opened(generator: GenerationScheduler, request: GenerationRequest, field: str) -> \
         AsyncIterator[Chunk]:
     """Start a stream and wait for its first chunk, so that early errors become HTTP errors."""
     stream = generator.stream(request, field)

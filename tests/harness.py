@@ -1,10 +1,11 @@
-"""Real LOKA Serve processes for the reliability tests: started, SIGKILLed, restarted.
+"""Real LOKA Serve processes for the HTTP tests: started, stopped, SIGKILLed, restarted.
 
-Every server is ``python -m service`` on a free port of 127.0.0.1 with the built-in default
-model (pinned through ``LOKA_MODEL``) and a fresh store in a temporary directory. A server's
-``env`` may change between restarts (``LOKA_FAULT`` arms a crash point of the store's publish).
-Training jobs pass ``options.steps`` of 20 or so: what is tested here is what survives a crash
-or a burst of bad input, not the quality of an edit.
+The one harness of the service, client and reliability tests. Every server is
+``python -m service`` on a free port of 127.0.0.1 with the built-in default model (pinned
+through ``LOKA_MODEL`` by the ``make_server`` fixture of ``tests/conftest.py``) and a fresh
+store in a temporary directory. A server's ``env`` may change between restarts (``LOKA_FAULT``
+arms a crash point of the store's publish). Also: polling jobs and reading a store's SQLite
+file while the server is down.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,19 +26,15 @@ from typing import Any
 import httpx
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 600.0  # the first run of all builds the default model
-JOB_TIMEOUT_S = 180.0
+from service.embedded import free_port, wait_ready
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# the first run of all builds the default model
+READY_TIMEOUT_S = float(os.environ.get("LOKA_TEST_READY_TIMEOUT", "600"))
+JOB_TIMEOUT_S = 300.0
 FINISHED = ("succeeded", "failed", "cancelled")
 ADMIN = "rel-admin-9b1e52"
 API = "rel-api-44c0d7"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -59,6 +55,14 @@ class LokaServer:
     @property
     def db_path(self) -> Path:
         return self.store_dir / "loka.sqlite"
+
+    @property
+    def api_token(self) -> str | None:
+        return self.env.get("LOKA_API_TOKEN")
+
+    @property
+    def admin_token(self) -> str | None:
+        return self.env.get("LOKA_ADMIN_TOKEN")
 
     def log(self) -> str:
         """The server's whole output so far (every start)."""
@@ -86,18 +90,17 @@ class LokaServer:
     def start(self) -> None:
         """Launch the process and wait until ``/ready`` answers 200."""
         self.launch()
-        assert self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"server not ready after {READY_TIMEOUT_S:g} s:\n{self.log_tail()}")
+        proc = self.proc
+        assert proc is not None
+
+        def failed() -> str | None:
+            code = proc.poll()
+            return None if code is None else f"server exited with {code}"
+
+        try:
+            wait_ready(self.url, failed, READY_TIMEOUT_S)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}:\n{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Send ``sig`` (SIGKILL is a crash) and wait for the process to end."""
@@ -126,7 +129,7 @@ class LokaServer:
             time.sleep(0.05)
         pytest.fail(f"{pattern!r} never appeared in the server log:\n{self.log_tail()}")
 
-    def client(self, token: str | None = None, timeout: float = 60.0) -> httpx.Client:
+    def client(self, token: str | None = None, timeout: float = 120.0) -> httpx.Client:
         """An HTTP client of this server (with a bearer token if given)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)

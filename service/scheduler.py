@@ -33,7 +33,7 @@ from service.metrics import Metrics
 
 if TYPE_CHECKING:
     from memory_store import Loka
-    from memory_store.engine import ServingBatch
+    from memory_store.serving.runtime import ServingBatch
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _resolve(item: _Item, result: GenerationResult | None, error: BaseException 
         item.loop.call_soon_threadsafe(settle)
 
 
-class Generator:
+class GenerationScheduler:
     """Serves generation requests with the engine from worker threads."""
 
     def __init__(

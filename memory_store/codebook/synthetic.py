@@ -1,4 +1,5 @@
-"""Synthetic codebooks for the serving benchmark: memories written straight to a store.
+"""Synthetic codebooks for load: memories written straight to a store (the serving benchmark
+and the performance tests).
 
 Training thousands of real memories would take hours on CPU, and serving speed does not depend
 on what a memory has learned, only on its shape. So the throughput, memory and routing
@@ -12,18 +13,16 @@ uses real updates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from memory_store import Loka
 from memory_store.codebook.store import MemoryRecord, PieceRecord
-from memory_store.lora.weights import AdapterWeights, adapter_hash, init_adapter, peft_config
+from memory_store.engine import Loka
+from memory_store.ids import memory_id, piece_id
+from memory_store.lora.weights import AdapterWeights, adapter_hash, init_adapter, save_adapter
 from memory_store.models.access import ModelLayout
 from memory_store.routing.gate import save_gate, train_gate
 from memory_store.routing.index import retrieval_index
@@ -42,19 +41,6 @@ def random_adapter(layout: ModelLayout, rank: int, alpha: float, seed: int,
     for name, b in weights.b.items():
         weights.b[name] = torch.randn(b.shape, generator=gen) * b_std
     return weights
-
-
-def write_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
-                  directory: Path) -> None:
-    """A PEFT adapter folder without ``save_adapter``'s fsyncs (benchmark data only)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name in weights.a:
-        tensors[f"base_model.model.{name}.lora_A.weight"] = weights.a[name].contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = weights.b[name].contiguous()
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
-    config = peft_config(layout, weights.rank, weights.alpha, base_model)
-    (directory / "adapter_config.json").write_text(json.dumps(config))
 
 
 def random_keys(n: int, dim: int, seed: int) -> np.ndarray:
@@ -77,8 +63,8 @@ def publish_synthetic(loka: Loka, prompts: list[str], n_memories: int, seed: int
     keys = np.concatenate([loka.keys(prompts[:n_real]),
                            random_keys(n_memories - n_real, layout.hidden_size, seed)])
     texts = prompts[:n_real] + [f"synthetic prompt {i}" for i in range(n_real, n_memories)]
-    mem_ids = [f"mem_{n:06d}" for n in store.next_ids("memory", n_memories)]
-    piece_ids = [f"pc_{n:06d}" for n in store.next_ids("piece", n_memories)]
+    mem_ids = [memory_id(n) for n in store.next_ids("memory", n_memories)]
+    piece_ids = [piece_id(n) for n in store.next_ids("piece", n_memories)]
     now = time.time()
     memories, pieces = [], []
     for i, (mid, pid, key, text) in enumerate(zip(mem_ids, piece_ids, keys, texts, strict=True)):
@@ -86,7 +72,7 @@ def publish_synthetic(loka: Loka, prompts: list[str], n_memories: int, seed: int
                                  b_std)
         digest = adapter_hash(weights)
         adapter_dir = f"adapters/{mid}/{digest}"
-        write_adapter(weights, layout, loka.model_name, store.root / adapter_dir)
+        save_adapter(weights, layout, loka.model_name, store.root / adapter_dir, durable=False)
         memories.append(MemoryRecord(mid, "edit", digest, adapter_dir, key, None, None,
                                      {"synthetic": 1.0}, None, now))
         pieces.append(PieceRecord(pid, PieceKind.EDIT, text, " synthetic", (), mid, key[None],
