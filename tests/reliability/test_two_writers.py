@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import REPO_ROOT, LokaServer, accepted, wait_job, wait_status
+
 from memory_store.models.builtin import FACTS, counterfactual_answer
-from reliability.harness import REPO_ROOT, LokaServer, accepted, wait_job, wait_status
 
 
 def test_cli_update_while_the_server_runs_a_job(make_server: Callable[..., LokaServer],
