@@ -49,7 +49,7 @@ from memory_store.types import (
     UpdateResult,
     VersionInfo,
 )
-from memory_store.update.mapping import pinned_lsh
+from memory_store.update.mapping import pin_lsh_settings, pinned_lsh
 from memory_store.update.updater import Background, RetryContext, UpdateContext, Updater
 
 __all__ = ["Loka", "Score", "ServingBatch", "StreamChunk"]
@@ -388,6 +388,8 @@ def _merge_config(store: Store, config: LokaConfig | None) -> LokaConfig:
         store.set_meta("config", config.model_dump_json())
         return config
     stored = LokaConfig.model_validate_json(raw)
+    # a store from before LSH settings were pinned: its buckets were made with these
+    pin_lsh_settings(store, stored.mapping.lsh_bits, stored.trainer.seed)
     if config is None:
         return stored
     if config.keys != stored.keys or config.lora != stored.lora:

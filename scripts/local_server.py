@@ -10,15 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
+from service.embedded import free_port, wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +48,6 @@ def source_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}+dirty" if dirty else head or "unknown"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -98,19 +89,18 @@ class LocalServer:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT,
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
-                    logger.info("server ready at %s (pid %d)", self.url, self.proc.pid)
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the server was not ready after {READY_TIMEOUT_S:g} s")
+        proc = self.proc
+
+        def failed() -> str | None:
+            code = proc.poll()
+            return None if code is None else f"the server exited with {code}"
+
+        try:
+            wait_ready(self.url, failed, READY_TIMEOUT_S, poll_s=0.2)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from None
+        logger.info("server ready at %s (pid %d)", self.url, proc.pid)
+        return self
 
     def log_text(self) -> str:
         """The server's output so far."""

@@ -60,6 +60,7 @@ from memory_store.codebook.db import (
     open_database,
 )
 from memory_store.errors import HeadMoved, LeaseLost, NotFound, StoreError
+from memory_store.files import fsync_dir
 from memory_store.types import ConflictDecision, PieceKind, VersionInfo
 
 logger = logging.getLogger(__name__)
@@ -189,14 +190,6 @@ def _blob(a: np.ndarray) -> bytes:
 
 def _unblob(b: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(b, dtype=np.float32).reshape(-1, dim).copy()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:

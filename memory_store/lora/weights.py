@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from memory_store.files import fsync_dir, fsync_file
 from memory_store.models.access import ModelLayout, TargetModule
 
 
@@ -47,14 +48,6 @@ def init_adapter(layout: ModelLayout, rank: int, alpha: float, seed: int) -> Ada
         a[t.name] = (torch.rand(rank, t.in_features, generator=gen) * 2 - 1) * bound
         b[t.name] = torch.zeros(t.out_features, rank)
     return AdapterWeights(rank, alpha, a, b)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def peft_config(layout: ModelLayout, rank: int, alpha: float, base_model: str) -> dict:
@@ -94,8 +87,7 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
     if durable:
         for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
     if directory.exists():  # same content hash: already written by an earlier attempt
         for f in tmp.iterdir():
             f.unlink()
@@ -109,7 +101,7 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
         shutil.rmtree(tmp, ignore_errors=True)  # another writer renamed the same content first
         return
     if durable:
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
 
 def load_adapter(directory: Path) -> AdapterWeights:

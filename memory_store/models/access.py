@@ -1,12 +1,15 @@
 """Load any Hugging Face causal LM and describe where LOKA hooks into it.
 
 ``ARCHITECTURES`` maps a ``config.model_type`` to the path of its block list and the MLP
-projections that memories adapt. Unknown architectures fall back to discovering the block list
-and the linear layers under each block's ``mlp``.
+projections that memories adapt (``*`` matches one or more module names, as the experts of a
+mixture of experts). ``FALLBACK_TARGETS`` are used where none of those exist in the installed
+transformers' module layout. Unknown architectures fall back to discovering the block list and
+the linear layers under each block's ``mlp``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -34,7 +37,9 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "opt": ("model.decoder.layers", ("fc1", "fc2")),
     "llama": ("model.layers", _LLAMA_MLP),
     "mistral": ("model.layers", _LLAMA_MLP),
-    "mixtral": ("model.layers", ("block_sparse_moe.gate",)),
+    # the experts' projections, never the router (``block_sparse_moe.gate``)
+    "mixtral": ("model.layers", ("block_sparse_moe.experts.*.w1", "block_sparse_moe.experts.*.w2",
+                                 "block_sparse_moe.experts.*.w3")),
     "qwen2": ("model.layers", _LLAMA_MLP),
     "qwen3": ("model.layers", _LLAMA_MLP),
     "gemma": ("model.layers", _LLAMA_MLP),
@@ -43,6 +48,12 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "phi3": ("model.layers", ("mlp.gate_up_proj", "mlp.down_proj")),
     "falcon": ("transformer.h", ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
     "bloom": ("transformer.h", ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+}
+
+# transformers 5 fuses Mixtral's experts into 3-D parameters (no linear layer to wrap): PEFT's
+# default LoRA targets for Mixtral then, never the router
+FALLBACK_TARGETS: dict[str, tuple[str, ...]] = {
+    "mixtral": ("self_attn.q_proj", "self_attn.v_proj"),
 }
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -126,6 +137,10 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
     model_type = str(cfg.model_type)
     if model_type in ARCHITECTURES:
         blocks_path, suffixes = ARCHITECTURES[model_type]
+        expanded = _expand(get_module(model, blocks_path)[0], suffixes)
+        if expanded is None:
+            expanded = FALLBACK_TARGETS.get(model_type, suffixes)
+        suffixes = expanded
     else:
         blocks_path = _find_blocks(model, n_layers)
         block = get_module(model, blocks_path)[0]
@@ -136,7 +151,10 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
         logger.info("unknown architecture %s: blocks %s, targets %s", model_type, blocks_path,
                     suffixes)
     if lora.target_modules:
-        suffixes = tuple(lora.target_modules)
+        suffixes = _expand(get_module(model, blocks_path)[0], lora.target_modules) or ()
+        if not suffixes:
+            raise InvalidInput(f"lora.target_modules: {list(lora.target_modules)} match no "
+                               "linear layer of a block", field="lora.target_modules")
     key_layer = keys.layer if keys.layer is not None else default_key_layer(n_layers)
     if not 1 <= key_layer < n_layers:
         raise InvalidInput(f"keys.layer must be in [1, {n_layers - 1}]", field="keys.layer")
@@ -157,6 +175,22 @@ def describe(model: PreTrainedModel, lora: LoraSettings, keys: KeySettings) -> M
             in_f, out_f, fan = _linear_dims(module)
             targets.append(TargetModule(f"{blocks_path}.{layer}.{suffix}", layer, in_f, out_f, fan))
     return ModelLayout(model_type, blocks_path, n_layers, hidden, key_layer, tuple(targets))
+
+
+def _expand(block: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``patterns`` with every ``*`` pattern replaced by the linear layers of ``block`` it
+    matches; None if one matches nothing."""
+    linear = [n for n, m in block.named_modules() if isinstance(m, nn.Linear | Conv1D)]
+    out: list[str] = []
+    for pattern in patterns:
+        if "*" not in pattern:
+            out.append(pattern)
+            continue
+        hits = [n for n in linear if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            return None
+        out += hits
+    return tuple(out)
 
 
 def default_key_layer(n_layers: int) -> int:

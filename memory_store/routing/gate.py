@@ -4,7 +4,6 @@ few thousand keys: well under a second on CPU for small codebooks)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memory_store.config import RouterSettings
+from memory_store.files import fsync_dir, write_atomically
 
 
 class Gate(nn.Module):
@@ -60,16 +60,9 @@ def train_gate(pos_keys: np.ndarray, pos_sims: np.ndarray, neg_keys: np.ndarray,
 
 
 def save_gate(gate: Gate, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, str(tmp))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # the rename survives a power cut
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tensors = {k: v.contiguous() for k, v in gate.state_dict().items()}
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+    fsync_dir(path.parent)  # the rename survives a power cut
 
 
 def load_gate(path: Path, dim: int, hidden: int) -> Gate:

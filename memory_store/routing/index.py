@@ -6,22 +6,13 @@ IVF automatically past ``IndexSettings.approximate_from`` keys.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from memory_store.config import IndexSettings
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that a rename in it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from memory_store.files import fsync_dir, write_atomically
 
 
 def retrieval_rows(memories, pieces, retrieval: str, dim: int) -> tuple[list[str], np.ndarray]:
@@ -97,11 +88,7 @@ class KeyIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory)."""
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
         fsync_dir(path.parent)
 
     @classmethod

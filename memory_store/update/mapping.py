@@ -5,11 +5,12 @@
 - ``LshTable``: random-hyperplane LSH for sequential updates; its settings are pinned in the
   store when it is created (``pinned_lsh``), so stored buckets stay valid.
 - ``join_existing``: sequential updates join the nearest existing memory with room in their
-  bucket.
+  bucket (a bucket holds several memories).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 
 from memory_store.codebook.store import MemoryRecord, Store
 from memory_store.config import MappingSettings
+from memory_store.errors import ModelMismatch
 from memory_store.types import ConflictDecision
 
 logger = logging.getLogger(__name__)
@@ -97,26 +99,54 @@ class LshTable:
 
 
 def pinned_lsh(store: Store, bits: int, seed: int, dim: int) -> LshTable:
-    """The LSH table of ``store``: created from ``bits``/``seed`` when the store is new;
-    PLACEHOLDER"""
-    return LshTable(dim, bits, seed=seed)
+    """The LSH table of ``store``. Its settings are pinned in the store's meta when it is
+    created (or first opened by a version that pins them); later settings never change the
+    planes, because every stored memory's bucket was computed with them."""
+    raw = store.get_meta(LSH_META)
+    pinned = json.loads(raw) if raw is not None else {}
+    if pinned.get("dim") not in (None, dim):
+        raise ModelMismatch(f"the store's LSH planes are {pinned['dim']}-dimensional, the "
+                            f"model's keys {dim}", field="model")
+    if "bits" in pinned and (pinned["bits"], pinned["seed"]) != (bits, seed):
+        logger.warning("mapping.lsh_bits=%d / seed %d differ from the store's pinned LSH "
+                       "settings (%d bits, seed %d): using the pinned ones", bits, seed,
+                       pinned["bits"], pinned["seed"])
+    pinned = {"bits": bits, "seed": seed, **pinned, "dim": dim}
+    if json.loads(raw or "{}") != pinned:
+        store.set_meta(LSH_META, json.dumps(pinned, sort_keys=True))
+    return LshTable(dim, int(pinned["bits"]), seed=int(pinned["seed"]))
+
+
+def pin_lsh_settings(store: Store, bits: int, seed: int) -> None:
+    """Pin ``bits`` and ``seed`` unless the store has pinned LSH settings already."""
+    if store.get_meta(LSH_META) is None:  # processes starting together agree on the first
+        store.set_meta_once(LSH_META, json.dumps({"bits": bits, "seed": seed}, sort_keys=True))
 
 
 def join_existing(piece_ids: Sequence[str], keys: np.ndarray,
                   memories: Mapping[str, MemoryRecord], counts: dict[str, int], lsh: LshTable,
                   settings: MappingSettings) -> tuple[dict[str, list[str]], list[str]]:
-    """Sequential updates: each new piece joins an existing memory of its LSH bucket with room
-    (fewer than ``capacity`` pieces) whose key is at least ``join_similarity`` to its own.
+    """Sequential updates: each new piece joins, among the existing memories of its LSH bucket
+    that have room (fewer than ``capacity`` pieces), the one whose key is nearest to its own,
+    if at least ``join_similarity``. A bucket holds any number of memories.
     (memory id -> joined piece ids, the pieces that joined none). ``counts`` is updated."""
-    table = {rec.bucket: mid for mid, rec in sorted(memories.items()) if rec.bucket is not None}
+    by_bucket: dict[int, list[str]] = {}
+    for mid, rec in sorted(memories.items()):
+        if rec.bucket is not None:
+            by_bucket.setdefault(int(rec.bucket), []).append(mid)
     joined: dict[str, list[str]] = {}
     rest = []
     for pid, key, bucket in zip(piece_ids, keys, lsh.buckets(keys), strict=True):
-        mid = table.get(int(bucket))
-        if (mid is not None and counts.get(mid, settings.capacity) < settings.capacity
-                and float(key @ memories[mid].key) >= settings.join_similarity):
-            joined.setdefault(mid, []).append(pid)
-            counts[mid] += 1
-        else:
+        best, best_sim = None, settings.join_similarity
+        for mid in by_bucket.get(int(bucket), []):
+            if counts.get(mid, settings.capacity) >= settings.capacity:
+                continue
+            sim = float(key @ memories[mid].key)
+            if sim >= best_sim:
+                best, best_sim = mid, sim
+        if best is None:
             rest.append(pid)
+        else:
+            joined.setdefault(best, []).append(pid)
+            counts[best] += 1
     return joined, rest

@@ -10,8 +10,8 @@ from memory_store.types import PieceKind, PieceSpec
 
 
 def norm_prompt(prompt: str) -> str:
-    """The form prompts are compared in: runs of whitespace collapsed."""
-    return " ".join(prompt.split())
+    """The form prompts are compared in: runs of whitespace collapsed, case folded."""
+    return " ".join(prompt.split()).casefold()
 
 
 def _replaces(new_kind: PieceKind, new_target: str, old_kind: PieceKind, old_target: str) -> bool:
@@ -33,5 +33,15 @@ def superseded(stored: Iterable[PieceRecord], specs: Sequence[PieceSpec]) -> lis
 
 
 def deduplicate(specs: Sequence[PieceSpec]) -> list[int]:
-    """Indices of the pieces of one batch that no later piece of the same batch replaces."""
-    return list(range(len(specs)))
+    """Indices of the pieces of one batch that no later piece of the same batch replaces:
+    within a batch, as across batches, the later request of a prompt wins (an unlearning
+    request removes an edit of its prompt, an edit an unlearning request)."""
+    kept: list[int] = []
+    later: dict[str, list[PieceSpec]] = {}
+    for i in range(len(specs) - 1, -1, -1):
+        spec = specs[i]
+        same = later.setdefault(norm_prompt(spec.prompt), [])
+        if not any(_replaces(s.kind, s.target, spec.kind, spec.target) for s in same):
+            kept.append(i)
+            same.append(spec)
+    return kept[::-1]
