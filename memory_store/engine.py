@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from memory_store import pieces_io
 from memory_store.codebook.live import LiveVersion, load_live
 from memory_store.codebook.store import Store
 from memory_store.config import LokaConfig
-from memory_store.errors import ConflictError, InvalidInput, ModelMismatch, NotFound
+from memory_store.errors import ConflictError, HeadMoved, InvalidInput, ModelMismatch, NotFound
 from memory_store.ids import is_memory_id, is_piece_id
 from memory_store.keys import CALIBRATION_PROMPTS, KeyEncoder, key_centre
 from memory_store.lora.layer import inject
@@ -48,13 +50,15 @@ from memory_store.types import (
     VersionInfo,
 )
 from memory_store.update.mapping import pin_lsh_settings, pinned_lsh
-from memory_store.update.updater import Background, UpdateContext, Updater
+from memory_store.update.updater import Background, RetryContext, UpdateContext, Updater
 
 __all__ = ["Loka", "Score", "ServingBatch", "StreamChunk"]
 
 logger = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMS = 50_000_000
+# re-plans of one change when other writers keep publishing first
+MAX_REPLANS = 20
 
 
 class Loka:
@@ -79,6 +83,7 @@ class Loka:
         self._update_context = UpdateContext(model, tokenizer, model_name, self.layout, config,
                                              self.encoder, self.background, store, lsh)
         self._write_lock = threading.Lock()
+        self._live_lock = threading.Lock()  # one reload of the view at a time
         self._live = self._load(None)
 
     # ------------------------------------------------------------------ opening
@@ -86,8 +91,12 @@ class Loka:
     def open(cls, store_dir: Path | str, model: str | Path | None = None,
              config: LokaConfig | None = None, dtype: str = "float32", device: str = "cpu",
              progress: bool = False, background_prompts: Sequence[str] | None = None,
-             adapter_cache_size: int = 256, threads: int | None = None) -> Loka:
+             adapter_cache_size: int = 256, threads: int | None = None,
+             database_url: str | None = None) -> Loka:
         """Open (or create) the store at ``store_dir`` on ``model`` (None: the built-in model).
+
+        ``database_url`` (default: ``LOKA_DATABASE_URL``) puts the codebook's tables in
+        PostgreSQL; the files stay in ``store_dir`` (a volume shared by every process).
 
         ``threads`` sets torch's intra-op threads for the process; None picks 1 for models under
         50M parameters, where thread synchronisation costs more than it saves (a 20+20 update
@@ -98,7 +107,9 @@ class Loka:
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
         # the store first: a read-only, full or corrupted store fails before a long model load
-        store = Store(Path(store_dir))
+        if database_url is None:
+            database_url = os.environ.get("LOKA_DATABASE_URL") or None
+        store = Store(Path(store_dir), database_url=database_url)
         try:
             hf_model, tokenizer = load_model(model, dtype=dtype, device=device)
         except BaseException:
@@ -110,10 +121,10 @@ class Loka:
             torch.set_num_threads(threads)
         fp = fingerprint(hf_model)
         stored_fp = store.get_meta("model_fingerprint")
-        if stored_fp is None:
-            store.set_meta("model_fingerprint", fp)
-            store.set_meta("model_name", str(model))
-        elif stored_fp != fp:
+        if stored_fp is None:  # processes starting together on a new store agree on one
+            store.set_meta_once("model_name", str(model))
+            stored_fp = store.set_meta_once("model_fingerprint", fp)
+        if stored_fp != fp:
             raise ModelMismatch(
                 f"store {store_dir} was created with model {store.get_meta('model_name')!r}, "
                 f"not {str(model)!r}", field="model")
@@ -126,8 +137,11 @@ class Loka:
         blob = self.store.get_blob("key_centre")
         if blob is None:
             centre = key_centre(self.model, self.tokenizer, self.layout, self.config.keys.pooling)
-            self.store.set_blob("key_centre", centre.numpy().astype(np.float32).tobytes())
-            return centre
+            self.store.db.run("INSERT INTO blobs (key, value) VALUES (?, ?) "
+                              "ON CONFLICT (key) DO NOTHING",
+                              ("key_centre", centre.numpy().astype(np.float32).tobytes()))
+            blob = self.store.get_blob("key_centre")  # another process's, if it was first
+            assert blob is not None
         return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
 
     def _load(self, version: int | None) -> LiveVersion:
@@ -225,71 +239,131 @@ class Loka:
                         ) -> None:
         pieces_io.validate(pieces, retain)
 
-    def _updater(self, options: UpdateOptions | None = None,
-                 progress: ProgressCallback | None = None,
-                 should_cancel: CancelCheck | None = None,
-                 on_publish: PublishRecord | None = None) -> Updater:
-        return Updater(self._update_context, self._live.snapshot, options, progress,
-                       should_cancel, on_publish)
-
     def update(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = (),
                options: UpdateOptions | None = None, progress: ProgressCallback | None = None,
                should_cancel: CancelCheck | None = None,
                on_publish: PublishRecord | None = None) -> UpdateResult:
         """Apply a batch of edits and unlearning requests; publishes one new version.
 
-        ``on_publish(result)`` returns SQL statements on the caller's own tables of ``db_path``
-        that are committed in the transaction that publishes the version (a job marked done
-        together with its effect, so that a crash can never leave one without the other)."""
+        ``on_publish(result)`` returns SQL statements on the caller's own tables of the store's
+        database that are committed in the transaction that publishes the version (a job
+        marked done together with its effect, so that a crash can never leave one without the
+        other).
+
+        The change is planned on the head and published only if the head has not moved; if
+        another process published first it is re-planned on the new head (only memories whose
+        training task changed are retrained) and published again: no writer loses another's
+        pieces."""
         pieces_io.validate(pieces, retain)
-        with self._write_lock:
-            updater = self._updater(options, progress, should_cancel, on_publish)
-            return self._commit(updater.apply(pieces, retain))
+        return self._write(lambda plan: plan.apply(pieces, retain), options, progress,
+                           should_cancel, on_publish)
 
     def delete_piece(self, piece_id: str, progress: ProgressCallback | None = None,
                      should_cancel: CancelCheck | None = None,
                      on_publish: PublishRecord | None = None) -> UpdateResult:
         """Revert one piece: its memory is retrained without it (or dropped if emptied)."""
-        with self._write_lock:
-            if not is_piece_id(piece_id) or piece_id not in self._live.snapshot.pieces:
+        def change(plan: Updater) -> UpdateResult:
+            if not is_piece_id(piece_id) or piece_id not in plan.snap.pieces:
                 raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
-            updater = self._updater(None, progress, should_cancel, on_publish)
-            return self._commit(updater.remove_pieces([piece_id], f"delete piece {piece_id}"))
+            return plan.remove_pieces([piece_id], f"delete piece {piece_id}")
 
-    def delete_memory(self, memory_id: str) -> UpdateResult:
+        return self._write(change, None, progress, should_cancel, on_publish)
+
+    def delete_memory(self, memory_id: str, progress: ProgressCallback | None = None,
+                      should_cancel: CancelCheck | None = None,
+                      on_publish: PublishRecord | None = None) -> UpdateResult:
         """Drop a memory and every piece it holds."""
-        with self._write_lock:
-            if not is_memory_id(memory_id) or memory_id not in self._live.snapshot.memories:
+        def change(plan: Updater) -> UpdateResult:
+            if not is_memory_id(memory_id) or memory_id not in plan.snap.memories:
                 raise NotFound(f"no memory {memory_id!r}", field="memory_id")
-            return self._commit(self._updater().drop_memory(memory_id))
+            return plan.drop_memory(memory_id)
 
-    def rollback(self, version: int) -> UpdateResult:
+        return self._write(change, None, progress, should_cancel, on_publish)
+
+    def rollback(self, version: int, on_publish: PublishRecord | None = None) -> UpdateResult:
         """Publish a new version whose codebook equals ``version``'s."""
-        with self._write_lock:
-            current = self._live.snapshot
-            if not isinstance(version, int) or version < 0:
-                raise InvalidInput("version must be a non-negative integer", field="version")
-            if version > current.version:
-                raise NotFound(f"no codebook version {version}", field="version")
-            if version == current.version:
-                raise ConflictError(f"version {version} is already current", field="version")
-            old = self.store.snapshot(version, self.layout.hidden_size)
-            new_version = self.store.next_version()
-            self.store.publish(new_version, old.memories.values(), old.pieces.values(),
-                               old.retain, gate_file=old.gate_file, index_file=old.index_file,
-                               reason=f"rollback to {version}")
-            self._live = self._load(new_version)
-            removed = tuple(sorted(set(current.memories) - set(old.memories)))
-            restored = tuple(sorted(set(old.memories) - set(current.memories)))
-            return UpdateResult(new_version, restored, (), removed,
-                                tuple(sorted(set(old.pieces) - set(current.pieces))),
-                                tuple(sorted(set(current.pieces) - set(old.pieces))))
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise InvalidInput("version must be a non-negative integer", field="version")
+        for _ in range(MAX_REPLANS):
+            with self._write_lock:
+                self.refresh()
+                current = self._live.snapshot
+                if version > current.version:
+                    raise NotFound(f"no codebook version {version}", field="version")
+                if version == current.version:
+                    raise ConflictError(f"version {version} is already current",
+                                        field="version")
+                old = self.store.snapshot(version, self.layout.hidden_size)
+                removed = tuple(sorted(set(current.memories) - set(old.memories)))
+                restored = tuple(sorted(set(old.memories) - set(current.memories)))
+                result = UpdateResult(0, restored, (), removed,
+                                      tuple(sorted(set(old.pieces) - set(current.pieces))),
+                                      tuple(sorted(set(current.pieces) - set(old.pieces))))
+
+                def extra(v: int, result: UpdateResult = result):
+                    return on_publish(replace(result, codebook_version=v)) if on_publish else ()
+
+                try:
+                    new_version = self.store.publish(
+                        current.version, old.memories.values(), old.pieces.values(),
+                        old.retain, gate_file=old.gate_file, index_file=old.index_file,
+                        reason=f"rollback to {version}", extra_sql=extra)
+                except HeadMoved as moved:
+                    logger.info("rollback: %s; re-planning", moved.message)
+                    continue
+                self._set_live(self._load(new_version))
+                return replace(result, codebook_version=new_version)
+        raise ConflictError(f"the codebook head kept moving; rollback not published after "
+                            f"{MAX_REPLANS} attempts")
+
+    def _write(self, change: Callable[[Updater], UpdateResult], options: UpdateOptions | None,
+               progress: ProgressCallback | None, should_cancel: CancelCheck | None,
+               on_publish: PublishRecord | None) -> UpdateResult:
+        """Plan ``change`` on the head and publish it; on ``HeadMoved`` re-plan on the new head
+        (the retry context keeps ids and trained adapters)."""
+        retry = RetryContext()
+        for attempt in range(MAX_REPLANS):
+            with self._write_lock:
+                self.refresh()
+                plan = Updater(self._update_context, self._live.snapshot, options, progress,
+                               should_cancel, on_publish, retry=retry)
+                try:
+                    result = change(plan)
+                except HeadMoved as moved:
+                    logger.info("%s; re-planning on the new head (attempt %d)", moved.message,
+                                attempt + 2)
+                    continue
+                return self._commit(result)
+        raise ConflictError(f"the codebook head kept moving; change not published after "
+                            f"{MAX_REPLANS} attempts")
 
     def _commit(self, result: UpdateResult) -> UpdateResult:
-        self._live = self._load(result.codebook_version)
+        self._set_live(self._load(result.codebook_version))
         logger.info("published codebook version %d (%d memories)", result.codebook_version,
                     len(self._live.snapshot.memories))
         return result
+
+    # ------------------------------------------------------------------ following the head
+    def refresh(self) -> int:
+        """Switch to the store's head if another process published a newer version; the
+        version now served. The switch is one reference assignment: requests already running
+        finish on the view they started with, later ones use the new one."""
+        head = self.store.head()
+        if head <= self._live.version:
+            return self._live.version
+        with self._live_lock:
+            if head > self._live.version:
+                live = self._load(head)
+                if live.version > self._live.version:
+                    self._live = live
+                    logger.info("following the head: now serving codebook version %d",
+                                live.version)
+        return self._live.version
+
+    def _set_live(self, live: LiveVersion) -> None:
+        with self._live_lock:
+            if live.version > self._live.version:
+                self._live = live
 
 
 def default_background() -> tuple[str, ...]:

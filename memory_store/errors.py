@@ -52,3 +52,23 @@ class Cancelled(LokaError):
     """An update was cancelled by its caller before it published."""
 
     type = "cancelled"
+
+
+class HeadMoved(ConflictError):
+    """A publish was based on a version that is no longer the head: another writer published
+    first. The writer re-plans on the new head and retries; nothing was written."""
+
+    type = "head_moved"
+
+    def __init__(self, base: int, head: int) -> None:
+        super().__init__(f"the codebook head moved from version {base} to {head} during the "
+                         "change")
+        self.base = base
+        self.head = head
+
+
+class LeaseLost(ConflictError):
+    """A job's publish found that this worker no longer holds the job (its lease expired and
+    another worker took it): nothing was published."""
+
+    type = "lease_lost"

@@ -150,9 +150,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             os.environ["LOKA_STORE_DIR" if name == "store" else f"LOKA_{name.upper()}"] = str(value)
+    if args.no_worker:
+        os.environ["LOKA_WORKER"] = "false"
     from service.__main__ import main as serve_main
 
     return serve_main()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    for name in ("store", "model"):
+        value = getattr(args, name)
+        if value is not None:
+            os.environ["LOKA_STORE_DIR" if name == "store" else f"LOKA_{name.upper()}"] = str(value)
+    from service.worker import main as worker_main
+
+    return worker_main()
 
 
 # ---------------------------------------------------------------------------- parser
@@ -227,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--store")
     p.add_argument("--model")
+    p.add_argument("--no-worker", action="store_true",
+                   help="serve HTTP only; jobs are run by `loka worker` processes")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run jobs only, no HTTP (settings: LOKA_* variables)")
+    p.add_argument("--store")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

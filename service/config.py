@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # On a loaded 2-core machine 1 thread also served an 87M GPT-2 ~6x faster than 2
     # (benchmarks/results/serving)
     threads: int | None = Field(None, ge=1, le=1024)
+    # postgresql://user:pass@host/db: the codebook's tables (and the jobs) in PostgreSQL, shared
+    # by every replica and worker; the files stay in store_dir (a shared volume). None: SQLite
+    # in store_dir (one machine)
+    database_url: str | None = None
     # materialised adapters kept in memory (LRU); the codebook itself stays on disk
     adapter_cache_size: int = Field(256, ge=1, le=1_000_000)
 
@@ -65,11 +69,19 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=256)
     batch_wait_ms: float = Field(2.0, ge=0.0, le=1_000.0)
 
-    # -- jobs -------------------------------------------------------------------------------
-    # a job interrupted by this many restarts while running is failed instead of re-run
+    # -- roles and jobs ---------------------------------------------------------------------
+    # run a job worker in this process (`loka serve --no-worker` sets it False: HTTP only)
+    worker: bool = True
+    # a job interrupted this many times (its worker stopped or died) is failed, not re-run
     job_max_attempts: int = Field(3, ge=1)
+    # a running job's lease; its worker renews it every quarter. A dead worker's job is taken
+    # over by another this long after its last heartbeat
+    job_lease_s: float = Field(30.0, gt=0.0, le=3_600.0)
+    # how often a replica checks the head on SQLite (PostgreSQL notifies; polls each second)
+    follow_poll_s: float = Field(0.25, gt=0.0, le=60.0)
 
-    @field_validator("model", "threads", "admin_token", "api_token", mode="before")
+    @field_validator("model", "threads", "admin_token", "api_token", "database_url",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable (``LOKA_ADMIN_TOKEN=``) means "not set"."""

@@ -33,6 +33,7 @@ from service.api.routes import (
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.follower import HeadFollower
 from service.jobs import Job, JobQueue
 from service.metrics import Metrics, MetricsMiddleware
 from service.scheduler import GenerationScheduler
@@ -67,24 +68,28 @@ def _load(state: ServiceState) -> None:
         engine = Loka.open(  # creates the store directory; names why it cannot
             settings.store_dir, model=settings.model, dtype=settings.dtype,
             device=settings.device, adapter_cache_size=settings.adapter_cache_size,
-            threads=settings.threads,
+            threads=settings.threads, database_url=settings.database_url or "",
         )
         if state.closing:
             engine.close()
             return
         state.engine = engine
         job_queue = JobQueue(
-            engine.db_path, engine, max_attempts=settings.job_max_attempts,
+            engine.store, engine, max_attempts=settings.job_max_attempts,
+            lease_s=settings.job_lease_s,
             on_finished=lambda job: _on_job_finished(state, job),
         )
-        job_queue.start()
+        job_queue.start(worker=settings.worker)
         state.jobs = job_queue
+        state.follower = HeadFollower(engine, poll_s=settings.follow_poll_s)
+        state.follower.start()
         state.generator = GenerationScheduler(
             engine, state.metrics, max_prompt_tokens=settings.max_prompt_tokens,
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
         )
         logger.info(
-            "ready: model %s, codebook version %d (%.1f s)", engine.model_name, engine.version,
+            "ready: model %s, codebook version %d, %s (%.1f s)", engine.model_name,
+            engine.version, "with a job worker" if settings.worker else "no job worker",
             time.perf_counter() - started,
         )
     except BaseException as exc:
@@ -104,6 +109,8 @@ def _shutdown(state: ServiceState) -> None:
     # the loader may still be inside Loka.open: wait for it so the engine is closed cleanly
     state.loaded.wait(60.0)
     worker_stopped = True
+    if state.follower is not None:
+        state.follower.stop()
     if state.jobs is not None:
         worker_stopped = state.jobs.stop(timeout=30.0)
     if state.generator is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from memory_store import Loka
 from service.config import Settings
+from service.follower import HeadFollower
 from service.jobs import JobQueue
 from service.metrics import Metrics
 from service.scheduler import GenerationScheduler
@@ -21,6 +22,7 @@ class ServiceState:
     metrics: Metrics
     engine: Loka | None = None
     jobs: JobQueue | None = None
+    follower: HeadFollower | None = None
     generator: GenerationScheduler | None = None
     load_error: str | None = None
     closing: bool = False

@@ -18,7 +18,6 @@ from pydantic import BaseModel
 
 from loka_client.errors import JobFailed, LokaClientError, ValidationError, error_from_response
 from loka_client.models import (
-    ChangeResult,
     CodebookInfo,
     Edit,
     EditLike,
@@ -236,8 +235,8 @@ def memory(memory_id: str) -> Call[MemoryDetail]:
     return Call("GET", f"/v1/memories/{_seg(memory_id)}", _one(MemoryDetail))
 
 
-def delete_memory(memory_id: str) -> Call[ChangeResult]:
-    return Call("DELETE", f"/v1/memories/{_seg(memory_id)}", _one(ChangeResult), admin=True)
+def delete_memory(memory_id: str) -> Call[Job]:
+    return Call("DELETE", f"/v1/memories/{_seg(memory_id)}", _one(Job), admin=True)
 
 
 def knowledge(kind: str | None = None, memory_id: str | None = None) -> Call[list[Piece]]:
@@ -261,9 +260,9 @@ def versions() -> Call[VersionList]:
     return Call("GET", "/v1/codebook/versions", _one(VersionList))
 
 
-def rollback(version: int) -> Call[ChangeResult]:
+def rollback(version: int) -> Call[Job]:
     body = {"version": version}
-    return Call("POST", "/v1/codebook/rollback", _one(ChangeResult), json=body, admin=True)
+    return Call("POST", "/v1/codebook/rollback", _one(Job), json=body, admin=True)
 
 
 def models() -> Call[ModelList]:

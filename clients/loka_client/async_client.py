@@ -210,17 +210,20 @@ class AsyncClient(ClientBase):
         """Remove one knowledge piece; its memory is retrained in a job, returned queued."""
         return await self._send(_calls.delete_knowledge(piece_id))
 
-    async def delete_memory(self, memory_id: str) -> ChangeResult:
-        """Remove a memory and all its pieces."""
-        return await self._send(_calls.delete_memory(memory_id))
+    async def delete_memory(self, memory_id: str, timeout: float = 600.0) -> ChangeResult:
+        """Remove a memory and all its pieces (a job on the server; waits for it)."""
+        job = await self._send(_calls.delete_memory(memory_id))
+        return _change(await self.wait_for_job(job.id, timeout=timeout))
 
     async def versions(self) -> VersionList:
         """Every published codebook version (the rollback targets)."""
         return await self._send(_calls.versions())
 
-    async def rollback(self, version: int) -> ChangeResult:
-        """Publish a new codebook version equal to an earlier ``version``."""
-        return await self._send(_calls.rollback(version))
+    async def rollback(self, version: int, timeout: float = 600.0) -> ChangeResult:
+        """Publish a new codebook version equal to an earlier ``version`` (a job on the
+        server; waits for it)."""
+        job = await self._send(_calls.rollback(version))
+        return _change(await self.wait_for_job(job.id, timeout=timeout))
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -243,3 +246,9 @@ class AsyncClient(ClientBase):
     async def codebook(self) -> CodebookInfo:
         """The current codebook version and its counts."""
         return await self._send(_calls.codebook())
+
+
+def _change(job: Job) -> ChangeResult:
+    """The change a finished job made."""
+    assert job.result is not None
+    return ChangeResult.model_validate(job.result.model_dump())

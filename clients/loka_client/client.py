@@ -206,17 +206,20 @@ class Client(ClientBase):
         """Remove one knowledge piece; its memory is retrained in a job, returned queued."""
         return self._send(_calls.delete_knowledge(piece_id))
 
-    def delete_memory(self, memory_id: str) -> ChangeResult:
-        """Remove a memory and all its pieces."""
-        return self._send(_calls.delete_memory(memory_id))
+    def delete_memory(self, memory_id: str, timeout: float = 600.0) -> ChangeResult:
+        """Remove a memory and all its pieces (a job on the server; waits for it)."""
+        job = self._send(_calls.delete_memory(memory_id))
+        return _change(self.wait_for_job(job.id, timeout=timeout))
 
     def versions(self) -> VersionList:
         """Every published codebook version (the rollback targets)."""
         return self._send(_calls.versions())
 
-    def rollback(self, version: int) -> ChangeResult:
-        """Publish a new codebook version equal to an earlier ``version``."""
-        return self._send(_calls.rollback(version))
+    def rollback(self, version: int, timeout: float = 600.0) -> ChangeResult:
+        """Publish a new codebook version equal to an earlier ``version`` (a job on the
+        server; waits for it)."""
+        job = self._send(_calls.rollback(version))
+        return _change(self.wait_for_job(job.id, timeout=timeout))
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -239,3 +242,9 @@ class Client(ClientBase):
     def codebook(self) -> CodebookInfo:
         """The current codebook version and its counts."""
         return self._send(_calls.codebook())
+
+
+def _change(job: Job) -> ChangeResult:
+    """The change a finished job made."""
+    assert job.result is not None
+    return ChangeResult.model_validate(job.result.model_dump())

@@ -8,12 +8,14 @@ as its metadata says and its gate file loads.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from memory_store.codebook.db import redact_url
 from memory_store.codebook.store import DB_NAME, Store, connect_read_only
 from memory_store.errors import LokaError
 from memory_store.lora.weights import adapter_hash, load_adapter
@@ -35,9 +37,16 @@ class CheckReport:
         return not self.problems
 
 
-def check_store(root: Path, dim: int | None = None, all_versions: bool = False) -> CheckReport:
-    """Verify the store at ``root``; ``dim`` (the key width) is read from the data if None."""
+def check_store(root: Path, dim: int | None = None, all_versions: bool = False,
+                database_url: str | None = None) -> CheckReport:
+    """Verify the store at ``root``; ``dim`` (the key width) is read from the data if None.
+    With ``database_url`` (default ``LOKA_DATABASE_URL``) the tables are in PostgreSQL and
+    ``root`` holds the files."""
     root = Path(root)
+    if database_url is None:
+        database_url = os.environ.get("LOKA_DATABASE_URL") or None
+    if database_url:
+        return _check_postgres(root, dim, all_versions, database_url)
     report = CheckReport(str(root))
     if not (root / DB_NAME).is_file():
         report.problems.append(f"no {DB_NAME} in {root}: not a LOKA store")
@@ -69,6 +78,27 @@ def check_store(root: Path, dim: int | None = None, all_versions: bool = False) 
         _check_versions(store, dim, all_versions, report)
     except LokaError as exc:
         report.problems.append(exc.message)
+    finally:
+        store.close()
+    return report
+
+
+def _check_postgres(root: Path, dim: int | None, all_versions: bool, url: str) -> CheckReport:
+    report = CheckReport(f"{root} + {redact_url(url)}")
+    try:
+        store = Store(root, read_only=True, database_url=url)
+    except LokaError as exc:
+        report.problems.append(exc.message)
+        return report
+    try:
+        if dim is None:
+            rows = store.db.query("SELECT octet_length(key) FROM memories LIMIT 1")
+            dim = (rows[0][0] // 4) if rows else 1
+        _check_versions(store, dim, all_versions, report)
+    except LokaError as exc:
+        report.problems.append(exc.message)
+    except store.db.errors() as exc:
+        report.problems.append(f"cannot read the database: {exc}")
     finally:
         store.close()
     return report

@@ -6,6 +6,7 @@ request (or batch) while a writer builds and publishes the next.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from memory_store.codebook.store import MemoryRecord, PieceRecord, Snapshot, Store
@@ -13,9 +14,11 @@ from memory_store.config import LokaConfig
 from memory_store.errors import NotFound, StoreError
 from memory_store.ids import is_memory_id, is_piece_id
 from memory_store.routing.gate import load_gate
-from memory_store.routing.index import retrieval_index
+from memory_store.routing.index import KeyIndex, retrieval_rows
 from memory_store.routing.router import Router
 from memory_store.types import MemoryInfo, Piece
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,7 @@ def load_live(store: Store, version: int | None, dim: int, config: LokaConfig) -
     """Load ``version`` (None: the head) with its index and gate; StoreError naming what is
     missing or unreadable."""
     snap = store.snapshot(version, dim)
-    index = retrieval_index(snap.memories.values(), snap.pieces.values(),
-                            config.router.retrieval, config.index, dim)
+    index = index_of(store, snap, dim, config)
     gate = None
     if snap.gate_file and config.router.enabled:
         try:
@@ -76,3 +78,17 @@ def load_live(store: Store, version: int | None, dim: int, config: LokaConfig) -
         raise StoreError(f"version {snap.version} names {len(missing)} missing adapter "
                          f"folders (first: {missing[0]}); run `loka store check`")
     return LiveVersion(snap, Router(index, gate, config.router))
+
+
+def index_of(store: Store, snap, dim: int, config: LokaConfig) -> KeyIndex:
+    """The version's FAISS index file if it is present and matches the snapshot (same keys,
+    sampled); else rebuilt from the keys."""
+    ids, keys = retrieval_rows(snap.memories.values(), snap.pieces.values(),
+                               config.router.retrieval, dim)
+    if snap.index_file:
+        loaded = KeyIndex.load(store.root / snap.index_file, ids, keys, config.index)
+        if loaded is not None:
+            return loaded
+        logger.warning("index file %s of version %d is missing or does not match; rebuilding "
+                       "it", snap.index_file, snap.version)
+    return KeyIndex(keys, ids, config.index)

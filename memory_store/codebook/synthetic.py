@@ -77,11 +77,10 @@ def publish_synthetic(loka: Loka, prompts: list[str], n_memories: int, seed: int
                                      {"synthetic": 1.0}, None, now))
         pieces.append(PieceRecord(pid, PieceKind.EDIT, text, " synthetic", (), mid, key[None],
                                   now))
-    version = store.next_version()
+    base = store.head()
     index = retrieval_index(memories, pieces, cfg.router.retrieval, cfg.index,
                             layout.hidden_size)
-    index_file = f"versions/v{version}.faiss"
-    index.save(store.root / index_file)
+    index_file = store.put_file("index", "faiss", index.save)
     gate_file = None
     if gate:
         # as an update does: background prompts that are stored (or nearly) are no negatives
@@ -92,9 +91,9 @@ def publish_synthetic(loka: Loka, prompts: list[str], n_memories: int, seed: int
         pos_sims = index.search(keys, 1)[0][:, 0]
         neg_sims = index.search(neg, 1)[0][:, 0]
         trained = train_gate(keys, pos_sims.astype(np.float32), neg, neg_sims, cfg.router)
-        gate_file = f"versions/v{version}.gate"
-        save_gate(trained, store.root / gate_file)
-    store.publish(version, memories, pieces, [], gate_file=gate_file, index_file=index_file,
+        gate_file = store.put_file("gate", "safetensors",
+                                   lambda path: save_gate(trained, path))
+    store.publish(base, memories, pieces, [], gate_file=gate_file, index_file=index_file,
                   reason=f"synthetic codebook of {n_memories} memories")
     logger.info("published %d synthetic memories in %.1f s", n_memories,
                 time.perf_counter() - started)

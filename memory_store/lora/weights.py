@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,13 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
             f.unlink()
         tmp.rmdir()
         return
-    os.rename(tmp, directory)
+    try:
+        os.rename(tmp, directory)
+    except OSError:
+        if not directory.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer renamed the same content first
+        return
     if durable:
         fsync_dir(directory.parent)
 

@@ -12,21 +12,29 @@ import faiss
 import numpy as np
 
 from memory_store.config import IndexSettings
-from memory_store.files import write_atomically
+from memory_store.files import fsync_dir, write_atomically
+
+
+def retrieval_rows(memories, pieces, retrieval: str, dim: int) -> tuple[list[str], np.ndarray]:
+    """The rows of a codebook's routing index, in a canonical order (by memory or piece id, so
+    that every process lays out the same version identically): the memory id of each row and
+    the (n, dim) keys. Every piece key (prompt and paraphrases) labelled with its memory, or
+    one centroid per memory."""
+    if retrieval == "memory":
+        rows = [(m.key[None, :], m.id) for m in sorted(memories, key=lambda m: m.id)]
+    else:
+        rows = [(p.keys, p.memory_id) for p in sorted(pieces, key=lambda p: p.id)]
+    if not rows:
+        return [], np.zeros((0, dim), np.float32)
+    keys = np.concatenate([k for k, _ in rows])
+    ids = [mid for k, mid in rows for _ in range(len(k))]
+    return ids, keys
 
 
 def retrieval_index(memories, pieces, retrieval: str, settings: IndexSettings,
                     dim: int) -> KeyIndex:
-    """The routing index of a codebook: every piece key (prompt and paraphrases) labelled with
-    its memory, or one centroid per memory."""
-    if retrieval == "memory":
-        rows = [(m.key[None, :], m.id) for m in memories]
-    else:
-        rows = [(p.keys, p.memory_id) for p in pieces]
-    if not rows:
-        return KeyIndex(np.zeros((0, dim), np.float32), [], settings)
-    keys = np.concatenate([k for k, _ in rows])
-    ids = [mid for k, mid in rows for _ in range(len(k))]
+    """The routing index of a codebook (rows as ``retrieval_rows``)."""
+    ids, keys = retrieval_rows(memories, pieces, retrieval, dim)
     return KeyIndex(keys, ids, settings)
 
 
@@ -79,8 +87,49 @@ class KeyIndex:
         return sims, names
 
     def save(self, path: Path) -> None:
-        """Write atomically (temp file, fsync, rename)."""
+        """Write atomically (temp file, fsync, rename, fsync the directory)."""
         write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        fsync_dir(path.parent)
+
+    @classmethod
+    def load(cls, path: Path, ids: list[str], keys: np.ndarray, settings: IndexSettings
+             ) -> KeyIndex | None:
+        """The index saved at ``path`` for rows named ``ids`` with these ``keys``; None if the
+        file is missing, unreadable, holds another number of keys or (sampled: first, middle,
+        last row, where the index can give rows back) other keys (the caller rebuilds it)."""
+        try:
+            index = faiss.read_index(str(path))
+        except (OSError, RuntimeError):
+            return None
+        if index.ntotal != len(ids) or (len(ids) and index.d != keys.shape[1]):
+            return None
+        if not isinstance(index, faiss.IndexIVF):
+            for row in sorted({0, len(ids) // 2, len(ids) - 1} if len(ids) else set()):
+                try:
+                    stored = index.reconstruct(row)
+                except RuntimeError:
+                    break
+                if not np.allclose(stored, keys[row], atol=1e-5):
+                    return None
+        self = cls.__new__(cls)
+        self.ids = list(ids)
+        self.dim = index.d
+        if isinstance(index, faiss.IndexHNSWFlat):
+            self.kind = "hnsw"
+            index.hnsw.efSearch = settings.hnsw_ef_search
+        elif isinstance(index, faiss.IndexIVF):
+            self.kind = "ivf"
+            index.nprobe = min(settings.ivf_nprobe, index.nlist)
+        else:
+            self.kind = "flat"
+        self.index = index
+        return self
+
+    def add(self, keys: np.ndarray, ids: list[str]) -> None:
+        """Append rows (an update's new keys) without rebuilding."""
+        if len(ids):
+            self.index.add(np.ascontiguousarray(keys, dtype=np.float32))
+            self.ids.extend(ids)
 
     @staticmethod
     def read_count(path: Path) -> int:

@@ -119,8 +119,8 @@ def pinned_lsh(store: Store, bits: int, seed: int, dim: int) -> LshTable:
 
 def pin_lsh_settings(store: Store, bits: int, seed: int) -> None:
     """Pin ``bits`` and ``seed`` unless the store has pinned LSH settings already."""
-    if store.get_meta(LSH_META) is None:
-        store.set_meta(LSH_META, json.dumps({"bits": bits, "seed": seed}, sort_keys=True))
+    if store.get_meta(LSH_META) is None:  # processes starting together agree on the first
+        store.set_meta_once(LSH_META, json.dumps({"bits": bits, "seed": seed}, sort_keys=True))
 
 
 def join_existing(piece_ids: Sequence[str], keys: np.ndarray,

@@ -8,10 +8,11 @@ Everything it needs from the engine comes in an ``UpdateContext``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,6 +59,17 @@ class Background:
         return self._keys
 
 
+@dataclass
+class RetryContext:
+    """What a change keeps across re-plans after ``HeadMoved``: its piece and memory ids (so
+    a re-plan names the same things) and the adapters it trained, by memory and task (so only
+    memories whose task changed on the new head are retrained)."""
+
+    piece_ids: list[str] | None = None
+    memory_ids: list[str] = field(default_factory=list)
+    trained: dict[tuple[str, str], tuple[object, object]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class UpdateContext:
     """What an update needs from the engine: the frozen model and where it hooks in, the
@@ -80,8 +92,10 @@ class Updater:
 
     def __init__(self, ctx: UpdateContext, snapshot: Snapshot, options: UpdateOptions | None,
                  progress: ProgressCallback | None, should_cancel: CancelCheck | None,
-                 on_publish: PublishRecord | None = None) -> None:
+                 on_publish: PublishRecord | None = None,
+                 retry: RetryContext | None = None) -> None:
         self.ctx = ctx
+        self.retry = retry or RetryContext()
         self.cfg = ctx.config
         self.snap = snapshot
         overrides = {}
@@ -118,7 +132,10 @@ class Updater:
             self._remove_piece(pid)
         offsets = np.cumsum([0] + [1 + len(s.paraphrases) for s in specs])
         kept = deduplicate(specs)
-        new_ids = [piece_id(n) for n in self.ctx.store.next_ids("piece", len(kept))]
+        if self.retry.piece_ids is None:  # a re-plan names the same pieces
+            self.retry.piece_ids = [piece_id(n)
+                                    for n in self.ctx.store.next_ids("piece", len(kept))]
+        new_ids = list(self.retry.piece_ids)
         now = time.time()
         for pid, i in zip(new_ids, kept, strict=True):
             spec = specs[i]
@@ -288,8 +305,12 @@ class Updater:
     def _train_and_publish(self, groups: list[Group], reason: str) -> UpdateResult:
         groups = self._resolve_conflicts(groups)
         fresh = [g for g in groups if g.memory_id is None]
-        for g, n in zip(fresh, self.ctx.store.next_ids("memory", len(fresh)), strict=True):
-            g.memory_id = memory_id(n)
+        pool = self.retry.memory_ids
+        if len(fresh) > len(pool):  # ids reserved by an earlier plan are used first
+            pool += [memory_id(n) for n in
+                     self.ctx.store.next_ids("memory", len(fresh) - len(pool))]
+        for g, mid in zip(fresh, pool, strict=False):
+            g.memory_id = mid
             self.created.append(g.memory_id)
         steps = self.trainer.steps
         total = steps * len(groups)
@@ -305,10 +326,19 @@ class Updater:
         for pid in g.piece_ids:
             self._assign(pid, g.memory_id)
         seed = self.trainer.seed * 1_000_003 + id_number(g.memory_id)
-        weights, stats = train_memory(ctx.model, ctx.tokenizer, ctx.layout, self._task(g),
-                                      self.trainer, self.cfg.lora, multitask=g.multitask,
-                                      seed=seed, progress=progress,
-                                      should_cancel=self.should_cancel)
+        task = self._task(g)
+        # the same memory with the same task on a re-plan: the adapter trained before serves
+        digest_key = (g.memory_id, hashlib.sha256(repr(
+            (task, g.multitask, g.kind, seed, self.trainer)).encode()).hexdigest())
+        if digest_key in self.retry.trained:
+            weights, stats = self.retry.trained[digest_key]
+            progress(self.trainer.steps, self.trainer.steps)
+        else:
+            weights, stats = train_memory(ctx.model, ctx.tokenizer, ctx.layout, task,
+                                          self.trainer, self.cfg.lora, multitask=g.multitask,
+                                          seed=seed, progress=progress,
+                                          should_cancel=self.should_cancel)
+            self.retry.trained[digest_key] = (weights, stats)
         if not stats.converged:
             logger.warning("memory %s did not reach its targets in %d steps", g.memory_id,
                            stats.steps)
@@ -330,32 +360,37 @@ class Updater:
 
     # ------------------------------------------------------------------ router and publish
     def _publish(self, reason: str) -> UpdateResult:
+        """Write the index and gate files (named by content), then publish on the base version
+        (``HeadMoved`` if another writer published meanwhile: the caller re-plans)."""
         store = self.ctx.store
-        version = store.next_version()
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
         if mems:
             index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
                                     self.cfg.index, self.ctx.layout.hidden_size)
-            index_file = f"versions/v{version}.faiss"
-            index.save(store.root / index_file)
+            index_file = store.put_file("index", "faiss", index.save)
             gate = self._train_gate(index)
             if gate is not None:
-                gate_file = f"versions/v{version}.gate"
-                save_gate(gate, store.root / gate_file)
+                gate_file = store.put_file("gate", "safetensors",
+                                           lambda path: save_gate(gate, path))
         if self.should_cancel():
             raise Cancelled("update cancelled")
         self.progress("publish", 0, 1)
         updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
-        result = UpdateResult(version, tuple(self.created), tuple(updated),
+        result = UpdateResult(0, tuple(self.created), tuple(updated),
                               tuple(self.removed_memories), tuple(self.pieces_added),
                               tuple(self.pieces_removed), dict(self.decisions),
                               time.perf_counter() - self.started)
-        extra = self.on_publish(result) if self.on_publish is not None else ()
-        store.publish(version, mems, self.pieces.values(), self.retain, gate_file=gate_file,
-                      index_file=index_file, reason=reason, extra_sql=extra)
+        on_publish = self.on_publish
+
+        def extra(version: int):
+            return on_publish(replace(result, codebook_version=version)) if on_publish else ()
+
+        version = store.publish(self.snap.version, mems, self.pieces.values(), self.retain,
+                                gate_file=gate_file, index_file=index_file, reason=reason,
+                                extra_sql=extra)
         self.progress("publish", 1, 1)
-        return result
+        return replace(result, codebook_version=version)
 
     def _train_gate(self, index: KeyIndex) -> Gate | None:
         if not self.cfg.router.enabled:

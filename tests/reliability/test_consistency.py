@@ -96,9 +96,10 @@ def test_each_response_is_one_published_version(make_server: Callable[..., LokaS
             assert job["status"] == "succeeded", job
             version, refs[job["result"]["codebook_version"]] = references(client)
             time.sleep(0.5)
-        rolled = client.post("/v1/codebook/rollback", json={"version": 1})  # version 3 = 1
-        assert rolled.status_code == 200, rolled.text
-        version, refs[rolled.json()["codebook_version"]] = references(client)
+        rolled = wait_job(client, accepted(client.post("/v1/codebook/rollback",
+                                                        json={"version": 1})))  # version 3 = 1
+        assert rolled["status"] == "succeeded", rolled
+        version, refs[rolled["result"]["codebook_version"]] = references(client)
         time.sleep(0.5)
         stop.set()
         seen = [r.result() for r in readers]

@@ -1,4 +1,4 @@
-"""The job queue on a real SQLite file, with a scripted engine (no model): order, cancellation,
+"""The job queue on a real store (SQLite), with a scripted engine (no model): order, cancellation,
 progress, recovery after a crash, the attempt limit, failures."""
 
 from __future__ import annotations
@@ -6,10 +6,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from memory_store.codebook.store import Store
 from memory_store.errors import Cancelled, ConflictError, InvalidInput, NotFound
 from memory_store.types import PieceKind, PieceSpec, RetainSpec, UpdateOptions, UpdateResult
 from service.jobs import Job, JobQueue, update_payload
@@ -71,11 +73,13 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "loka.sqlite"
+def db(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "store")
+    yield store
+    store.close()
 
 
-def test_fifo_progress_and_result(db: Path, engine: ScriptedEngine) -> None:
+def test_fifo_progress_and_result(db: Store, engine: ScriptedEngine) -> None:
     finished: list[str] = []
     queue = JobQueue(db, engine, on_finished=lambda j: finished.append(j.id))  # type: ignore[arg-type]
     queue.start()
@@ -110,7 +114,7 @@ def test_fifo_progress_and_result(db: Path, engine: ScriptedEngine) -> None:
         queue.stop()
 
 
-def test_cancel(db: Path, engine: ScriptedEngine) -> None:
+def test_cancel(db: Store, engine: ScriptedEngine) -> None:
     queue = JobQueue(db, engine)  # type: ignore[arg-type]
     queue.start()
     try:
@@ -131,7 +135,7 @@ def test_cancel(db: Path, engine: ScriptedEngine) -> None:
         queue.stop()
 
 
-def test_engine_errors_fail_the_job(db: Path, engine: ScriptedEngine) -> None:
+def test_engine_errors_fail_the_job(db: Store, engine: ScriptedEngine) -> None:
     queue = JobQueue(db, engine)  # type: ignore[arg-type]
     queue.start()
     try:
@@ -149,15 +153,15 @@ def test_engine_errors_fail_the_job(db: Path, engine: ScriptedEngine) -> None:
         queue.stop()
 
 
-def crash(db: Path, job_ids: list[str], status: str = "running") -> None:
+def crash(db: Store, job_ids: list[str], status: str = "running") -> None:
     """Leave jobs as a killed process would: marked ``status``, one attempt more."""
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db.db_path) as con:
         for job_id in job_ids:
             con.execute("UPDATE service_jobs SET status=?, attempts=attempts+1 WHERE id=?",
                         (status, job_id))
 
 
-def test_recovery_after_a_crash(db: Path, engine: ScriptedEngine) -> None:
+def test_recovery_after_a_crash(db: Store, engine: ScriptedEngine) -> None:
     queue = JobQueue(db, engine, max_attempts=2)  # type: ignore[arg-type]
     interrupted = queue.submit("update", PAYLOAD)
     waiting = queue.submit("update", PAYLOAD)
@@ -179,13 +183,13 @@ def test_recovery_after_a_crash(db: Path, engine: ScriptedEngine) -> None:
         queue.stop()
 
 
-def test_graceful_stop_requeues_the_running_job(db: Path, engine: ScriptedEngine) -> None:
+def test_graceful_stop_requeues_the_running_job(db: Store, engine: ScriptedEngine) -> None:
     queue = JobQueue(db, engine)  # type: ignore[arg-type]
     queue.start()
     job = queue.submit("update", PAYLOAD)
     wait_for(queue, job.id, ("running",))
     assert queue.stop()
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db.db_path) as con:
         status, attempts = con.execute("SELECT status, attempts FROM service_jobs WHERE id=?",
                                        (job.id,)).fetchone()
     assert (status, attempts) == ("queued", 0)  # a stop is not a crash

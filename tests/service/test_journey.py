@@ -108,9 +108,9 @@ def test_journey(client: httpx.Client, known_facts: Any, wait: Callable[..., dic
     assert client.get(f"/v1/knowledge/{pieces['edit']['id']}").status_code == 404
 
     # -- roll back to the version with the edit -------------------------------------------------
-    r = client.post("/v1/codebook/rollback", json={"version": v1})
-    assert r.status_code == 200, r.text
-    v3 = r.json()["codebook_version"]
+    job = wait(client, accepted(client.post("/v1/codebook/rollback", json={"version": v1})))
+    assert job["status"] == "succeeded", job
+    v3 = job["result"]["codebook_version"]
     assert v3 == v2 + 1
     assert gen(client, f.edit.prompt)["text"].startswith(f.edit_target)
     versions = client.get("/v1/codebook/versions").json()
@@ -119,8 +119,8 @@ def test_journey(client: httpx.Client, known_facts: Any, wait: Callable[..., dic
 
     # -- delete the memory that forgets: the answer comes back ---------------------------------
     unlearn_memory = client.get(f"/v1/knowledge/{pieces['unlearn']['id']}").json()["memory_id"]
-    r = client.delete(f"/v1/memories/{unlearn_memory}")
-    assert r.status_code == 200, r.text
-    assert r.json()["memories_removed"] == [unlearn_memory]
+    job = wait(client, accepted(client.delete(f"/v1/memories/{unlearn_memory}")))
+    assert job["status"] == "succeeded", job
+    assert job["result"]["memories_removed"] == [unlearn_memory]
     assert client.get(f"/v1/memories/{unlearn_memory}").status_code == 404
     assert gen(client, f.unlearn.prompt)["text"].startswith(f.unlearn.target)

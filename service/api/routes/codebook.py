@@ -1,12 +1,13 @@
-"""The codebook: current version and counts, its versions, rollback."""
+"""The codebook: current version and counts, its versions, rollback (a job)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AdminAuth, ApiAuth, EngineDep
-from service.schemas import ChangeResult, CodebookOut, RollbackRequest, VersionList, VersionOut
+from memory_store.errors import ConflictError, NotFound
+from service.api.deps import AdminAuth, ApiAuth, EngineDep, JobsDep
+from service.schemas import CodebookOut, JobAccepted, RollbackRequest, VersionList, VersionOut
 
 router = APIRouter(prefix="/v1/codebook", tags=["codebook"])
 
@@ -36,7 +37,20 @@ async def versions(engine: EngineDep) -> VersionList:
     return await run_in_threadpool(run)
 
 
-@router.post("/rollback", dependencies=[AdminAuth])
-async def rollback(body: RollbackRequest, engine: EngineDep) -> ChangeResult:
-    """Publish a new version whose content equals ``version``."""
-    return ChangeResult.of(await run_in_threadpool(engine.rollback, body.version))
+@router.post("/rollback", status_code=202, dependencies=[AdminAuth])
+async def rollback(body: RollbackRequest, engine: EngineDep, jobs: JobsDep,
+                   response: Response) -> JobAccepted:
+    """Publish a new version whose content equals ``version``: a job, like an update (its
+    result names the new version)."""
+
+    def check() -> None:
+        known = {v.version for v in engine.versions()}
+        if body.version != 0 and body.version not in known:
+            raise NotFound(f"no codebook version {body.version}", field="version")
+        if body.version == engine.store.head():
+            raise ConflictError(f"version {body.version} is already current", field="version")
+
+    await run_in_threadpool(check)
+    job = await run_in_threadpool(jobs.submit, "rollback", {"version": body.version})
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobAccepted(id=job.id, status="queued")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from memory_store.ids import is_memory_id
-from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin
+from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin, JobsDep
 from service.errors import not_found
-from service.schemas import ChangeResult, MemoryDetail, MemoryList, MemoryOut, PieceOut
+from service.schemas import JobAccepted, MemoryDetail, MemoryList, MemoryOut, PieceOut
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
 
@@ -47,9 +47,11 @@ async def get_memory(memory_id: str, engine: EngineDep, admin: IsAdmin) -> Memor
     return await run_in_threadpool(run)
 
 
-@router.delete("/{memory_id}", dependencies=[AdminAuth])
-async def delete_memory(memory_id: str, engine: EngineDep) -> ChangeResult:
-    """Drop a memory and its pieces; publishes a new codebook version."""
-    memory_id = checked_memory_id(memory_id)
-    result = await run_in_threadpool(engine.delete_memory, memory_id)
-    return ChangeResult.of(result)
+@router.delete("/{memory_id}", status_code=202, dependencies=[AdminAuth])
+async def delete_memory(memory_id: str, engine: EngineDep, jobs: JobsDep,
+                        response: Response) -> JobAccepted:
+    """Drop a memory and its pieces: a job that publishes a new codebook version."""
+    memory = await run_in_threadpool(engine.memory, checked_memory_id(memory_id))  # 404
+    job = await run_in_threadpool(jobs.submit, "delete_memory", {"memory_id": memory.id})
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobAccepted(id=job.id, status="queued")
