@@ -75,8 +75,9 @@ class Policy:
             return
         if self.settings.base_access_policy == "admin":
             raise forbidden_selection(field, value if value is not None else memory)
-        if memory != "none" and self.is_hidden(memory):
-            raise NotFound(f"no memory {memory!r}", field=field)
+        if memory != "none" and self.is_hidden(memory):  # the engine's answer for an unknown id
+            raise NotFound(f"no memory {memory!r} in codebook version {self.engine.version}",
+                           field=field)
 
     def served(self, memory: str, prompts: Sequence[str], generator: Generator) -> list[str]:
         """The selection each prompt is served with: ``memory``, or ``auto`` for a non-admin
