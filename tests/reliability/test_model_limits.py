@@ -175,7 +175,7 @@ STRICT = [
     ("/v1/completions", {"model": "loka", "prompt": PROMPT, "echo": 1}, "echo"),
     ("/v1/chat/completions", {"model": "loka", "stream": "yes",
                               "messages": [{"role": "user", "content": "Hi"}]}, "stream"),
-    ("/v1/chat/completions", {"model": "loka", "max_tokens": False,
+    ("/v1/chat/completions", {"model": "loka", "max_tokens": True,
                               "messages": [{"role": "user", "content": "Hi"}]}, "max_tokens"),
     ("/v1/updates", {"edits": [{"prompt": "p", "target": " t"}], "options": {"steps": True}},
      "options.steps"),

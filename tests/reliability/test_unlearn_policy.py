@@ -170,10 +170,14 @@ def test_openai_completions_cannot_bypass_unlearning(served: Served, selection: 
 
 
 def test_openai_list_prompts_are_checked_one_by_one(served: Served) -> None:
-    if served.policy == "admin":
-        return  # refused as a whole: covered above
-    c = served.oai(API).completions.create(model="base", prompt=[EDIT.prompt, FORGET.prompt],
-                                           max_tokens=TOKENS, temperature=0)
+    client = served.oai(API)
+    if served.policy == "admin":  # refused as a whole
+        with pytest.raises(openai.PermissionDeniedError):
+            client.completions.create(model="base", prompt=[EDIT.prompt, FORGET.prompt],
+                                      max_tokens=TOKENS, temperature=0)
+        return
+    c = client.completions.create(model="base", prompt=[EDIT.prompt, FORGET.prompt],
+                                  max_tokens=TOKENS, temperature=0)
     texts = [ch.text for ch in sorted(c.choices, key=lambda ch: ch.index)]
     assert texts[0] == _gen(served.admin, "none", EDIT.prompt).json()["text"]
     assert texts[1] == served.forgotten
