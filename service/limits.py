@@ -79,14 +79,23 @@ def check_update(settings: Settings, body: UpdateRequest) -> None:
         raise invalid("options.steps", f"at most {settings.max_train_steps} (got {steps})")
 
 
+def check_prompt_tokens(generator: Generator, settings: Settings, prompt: str,
+                        field: str) -> None:
+    """The configured cap on prompt tokens. Blocking (tokenizes)."""
+    n = generator.count_tokens(prompt)
+    if n > settings.max_prompt_tokens:
+        raise invalid(field, f"at most {settings.max_prompt_tokens} prompt tokens (got {n})")
+
+
 def fit_context(
-    generator: Generator, context: int | None, prompt: str, prompt_field: str,
-    max_new_tokens: int | None, tokens_field: str, default: int,
+    generator: Generator, settings: Settings, context: int | None, prompt: str,
+    prompt_field: str, max_new_tokens: int | None, tokens_field: str, default: int,
 ) -> int:
-    """The token budget of a generation within the model's ``context`` (None: unknown, no
-    check): a prompt that leaves no room is a 422 on ``prompt_field``, an explicit
-    ``max_new_tokens`` that does not fit one on ``tokens_field``; the ``default`` (None asked)
-    is cut to what fits. Blocking (tokenizes)."""
+    """The token budget of a generation within the model's ``context`` (None: unknown), after
+    the configured cap on prompt tokens: a prompt that leaves no room is a 422 on
+    ``prompt_field``, an explicit ``max_new_tokens`` that does not fit one on
+    ``tokens_field``; the ``default`` (None asked) is cut to what fits. Blocking."""
+    check_prompt_tokens(generator, settings, prompt, prompt_field)
     budget = default if max_new_tokens is None else max_new_tokens
     if context is None:
         return budget

@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from memory_store.types import GenerationRequest, Route
 from service.api.deps import ApiAuth, EngineDep, GeneratorDep, PolicyDep, SettingsDep
-from service.errors import invalid
 from service.limits import (
     check_generation,
+    check_prompt_tokens,
     check_route_prompt,
     check_text,
     fit_context,
@@ -36,7 +36,7 @@ async def generate(
     explicit = "max_new_tokens" in body.model_fields_set
 
     def prepare() -> tuple[int, str]:
-        budget = fit_context(generator, engine.context_length, body.prompt, "prompt",
+        budget = fit_context(generator, settings, engine.context_length, body.prompt, "prompt",
                              body.max_new_tokens if explicit else None, "max_new_tokens",
                              body.max_new_tokens)
         policy.check_selection(body.memory, "memory")
@@ -66,9 +66,7 @@ async def route(
     check_text(settings, "prompt", body.prompt)
 
     def run() -> tuple[Route, int, bool]:
-        n = generator.count_tokens(body.prompt)
-        if n > settings.max_prompt_tokens:
-            raise invalid("prompt", f"at most {settings.max_prompt_tokens} tokens (got {n})")
+        check_prompt_tokens(generator, settings, body.prompt, "prompt")
         check_route_prompt(generator, engine.context_length, body.prompt)
         version = engine.version
         r = generator.route([body.prompt])[0]

@@ -179,9 +179,11 @@ async def completions(
     check_generation(settings, max_tokens, stops, "max_tokens")
 
     def prepare() -> list[GenerationRequest]:
-        budgets = [fit_context(generator, engine.context_length, p, f, body.max_tokens,
-                               "max_tokens", max_tokens) for f, p in zip(fields, prompts,
-                                                                         strict=True)]
+        budgets = [
+            fit_context(generator, settings, engine.context_length, p, f, body.max_tokens,
+                        "max_tokens", max_tokens)
+            for f, p in zip(fields, prompts, strict=True)
+        ]
         served = policy.served(memory, prompts, generator)
         return [_request(body, p, m, b, stops)
                 for p, m, b in zip(prompts, served, budgets, strict=True)]
@@ -241,8 +243,8 @@ async def chat_completions(
     check_generation(settings, max_tokens, stops, tokens_field)
 
     def prepare() -> GenerationRequest:
-        budget = fit_context(generator, engine.context_length, prompt, "messages", asked,
-                             tokens_field, max_tokens)
+        budget = fit_context(generator, settings, engine.context_length, prompt, "messages",
+                             asked, tokens_field, max_tokens)
         served = policy.served(memory, [prompt], generator)[0]
         return _request(body, prompt, served, budget, stops)
 
