@@ -111,10 +111,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture(scope="package")
 def client(live_server: LiveServer) -> Iterator[Client]:
-    """A sync client with both tokens."""
+    """An operator's sync client: the admin token for everything (the server's default policy
+    lets only admin callers ask for the base model or a memory and see how prompts were
+    routed; the API token is tried on its own in ``test_client_live``)."""
     with Client(
         live_server.url,
-        api_token=live_server.api_token,
+        api_token=live_server.admin_token,
         admin_token=live_server.admin_token,
         timeout=120.0,
     ) as c:
