@@ -26,6 +26,7 @@ from memory_store.errors import (
     NotFound,
     StoreError,
 )
+from memory_store.models.smollm2 import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ ENGINE_STATUS: tuple[tuple[type[LokaError], int], ...] = (
     (ModelMismatch, 409),
     (Cancelled, 409),
     (StoreError, 500),
+    (ModelUnavailable, 503),
 )
 
 _HTTP_TYPES = {

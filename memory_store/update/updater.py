@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
 from memory_store.config import LokaConfig
 from memory_store.errors import Cancelled
+from memory_store.files import write_atomically
 from memory_store.ids import id_number, memory_id, piece_id
 from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
@@ -45,18 +48,58 @@ logger = logging.getLogger(__name__)
 
 
 class Background:
-    """Hard-negative prompts (the base model's own knowledge, general text) and their keys,
-    computed on first use."""
+    """Hard-negative prompts (general text, the base model's own knowledge) and their keys,
+    computed on first use. With ``cache_dir`` the keys are kept in a file named by the hash of
+    the prompts and the encoder (model, key layer, key centre), so a large general set is
+    encoded once per model and machine, not at every start."""
 
-    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder) -> None:
+    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder,
+                 cache_dir: Path | None = None) -> None:
         self.prompts = tuple(dict.fromkeys(prompts))
         self._encoder = encoder
+        self._cache_dir = cache_dir
         self._keys: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _cache_file(self) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        h = hashlib.sha256()
+        h.update(self._encoder.identity().encode())
+        for p in self.prompts:
+            h.update(p.encode("utf-8", "surrogatepass") + b"\0")
+        return self._cache_dir / f"background-{h.hexdigest()[:32]}.npy"
 
     def keys(self) -> np.ndarray:
-        if self._keys is None:
-            self._keys = self._encoder.keys(self.prompts)
-        return self._keys
+        with self._lock:
+            if self._keys is None:
+                self._keys = self._load_or_compute()
+            return self._keys
+
+    def _load_or_compute(self) -> np.ndarray:
+        path = self._cache_file()
+        if path is not None and path.is_file():
+            try:
+                keys = np.load(path, allow_pickle=False)
+                if keys.shape[0] == len(self.prompts):
+                    return keys
+            except (OSError, ValueError) as exc:  # a damaged cache file: compute again
+                logger.warning("ignoring background key cache %s (%s)", path, exc)
+        if len(self.prompts) > 200:
+            logger.info("encoding %d background prompts (once per model)", len(self.prompts))
+        keys = self._encoder.keys(self.prompts)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, lambda tmp: _save_npy(tmp, keys))
+            except OSError as exc:  # a read-only or full store still serves
+                logger.warning("could not cache background keys in %s (%s)", path, exc)
+        return keys
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 @dataclass
