@@ -78,6 +78,21 @@ class TrainerSettings(_Strict):
     # answer" after the main loop (0 disables)
     verify_rounds: int = Field(2, ge=0, le=10)
     check_every: int = Field(10, ge=1)
+    # training continues past ``steps`` (in rounds of ``steps``) until every piece is reached
+    # (greedy generation gives each edit target, no unlearned answer), up to this many steps
+    max_steps: int = Field(240, ge=1, le=100_000)
+    # an edit also needs every target token's teacher-forced probability >= this (so it holds
+    # under sampling at temperature 1; 0 disables)
+    edit_min_prob: float = Field(0.95, ge=0.0, lt=1.0)
+    # an unlearning request also needs the answer's teacher-forced probability right after
+    # the prompt <= this (1 disables)
+    unlearn_max_prob: float = Field(0.01, gt=0.0, le=1.0)
+    # speed: reuse the frozen blocks' output below the LoRA band (exact), run the output head
+    # only where a loss needs it, and compute the retention KL on the last ``retain_positions``
+    # positions of each retention prompt (0: every position)
+    prefix_cache: bool = True
+    head_positions_only: bool = True
+    retain_positions: int = Field(4, ge=0)
 
 
 class RouterSettings(_Strict):
