@@ -52,3 +52,14 @@ class Cancelled(LokaError):
     """An update was cancelled by its caller before it published."""
 
     type = "cancelled"
+
+
+class NotReached(LokaError):
+    """An update asked for ``require_reached`` and some piece did not take (maps to 422);
+    nothing was published. ``checks`` lists the failed pieces."""
+
+    type = "not_reached"
+
+    def __init__(self, message: str, *, checks: tuple = (), field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.checks = checks

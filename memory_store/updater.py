@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memory_store.errors import Cancelled
+from memory_store.errors import Cancelled, NotReached
 from memory_store.index import KeyIndex, retrieval_index
 from memory_store.lora import adapter_hash, save_adapter
 from memory_store.mapping import LshTable, capacity_kmeans
 from memory_store.router import save_gate, train_gate
 from memory_store.store import MemoryRecord, PieceRecord, RetainRecord
-from memory_store.trainer import MemoryTask, conflict_score, train_memory
+from memory_store.trainer import MemoryTask, PairCheck, conflict_score, train_memory
 from memory_store.types import (
     ConflictDecision,
+    PieceCheck,
     PieceKind,
     PieceSpec,
     PublishRecord,
@@ -58,7 +59,7 @@ class Updater:
         self.snap = snapshot
         overrides = {}
         if options is not None:
-            for name in ("unlearn_loss", "steps", "learning_rate", "seed"):
+            for name in ("unlearn_loss", "steps", "learning_rate", "seed", "max_steps"):
                 value = getattr(options, name)
                 if value is not None:
                     overrides[name] = value
@@ -76,6 +77,9 @@ class Updater:
         self.pieces_removed: list[str] = []
         self.decisions: dict[str, ConflictDecision] = {}
         self.update_retain: list[tuple[str, str]] = []
+        self.require_reached = bool(options is not None and options.require_reached)
+        self.checks: dict[str, PieceCheck] = {}
+        self.stage_seconds: dict[str, float] = {}
         self.started = time.perf_counter()
         self.lsh = LshTable(loka.layout.hidden_size, self.cfg.mapping.lsh_bits,
                             seed=self.cfg.trainer.seed)
@@ -83,8 +87,10 @@ class Updater:
     # ------------------------------------------------------------------ entry points
     def apply(self, specs: Sequence[PieceSpec], retain: Sequence[RetainSpec]) -> UpdateResult:
         self.progress("keys", 0, 1)
+        t0 = time.perf_counter()
         texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
         all_keys = self.loka.keys(texts + [r.prompt for r in retain])
+        self._timed("keys", t0)
         piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
         self._add_retain(retain, retain_keys)
         self.progress("keys", 1, 1)
@@ -204,7 +210,9 @@ class Updater:
                 out.append(g)
                 continue
             self.progress("conflict", len(out), len(groups))
+            t0 = time.perf_counter()
             decision = self._conflict(g)
+            self._timed("conflict", t0)
             if decision.decision == "split":
                 edits = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.EDIT]
                 unlearns = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.UNLEARN]
@@ -308,10 +316,17 @@ class Updater:
         for pid in g.piece_ids:
             self._assign(pid, g.memory_id)
         seed = self.trainer.seed * 1_000_003 + int(g.memory_id.split("_")[1])
-        weights, stats = train_memory(loka.model, loka.tokenizer, loka.layout, self._task(g),
+        t0 = time.perf_counter()
+        task = self._task(g)
+        self._timed("retain_select", t0)
+        weights, stats = train_memory(loka.model, loka.tokenizer, loka.layout, task,
                                       self.trainer, self.cfg.lora, multitask=g.multitask,
                                       seed=seed, progress=progress,
                                       should_cancel=self.should_cancel)
+        for name, sec in stats.seconds.items():
+            self.stage_seconds[f"train_{name}"] = self.stage_seconds.get(f"train_{name}",
+                                                                          0.0) + sec
+        self._record_checks(g, stats.checks, stats.steps)
         if not stats.converged:
             logger.warning("memory %s did not reach its targets in %d steps", g.memory_id,
                            stats.steps)
@@ -331,8 +346,42 @@ class Updater:
         if g.conflict is not None:
             self.decisions[g.memory_id] = g.conflict
 
+    def _timed(self, stage: str, since: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + (
+            time.perf_counter() - since)
+
+    def _record_checks(self, g: Group, checks: list[PairCheck], steps: int) -> None:
+        """One ``PieceCheck`` per piece of the memory from its pairs' greedy checks."""
+        by_pair: dict[tuple[str, str, str], bool] = {}
+        for c in checks:
+            by_pair[(c.kind, c.prompt, c.target)] = (
+                by_pair.get((c.kind, c.prompt, c.target), True) and c.reached)
+        for pid in g.piece_ids:
+            p = self.pieces[pid]
+            kind = str(p.kind)
+            prompts = {q: by_pair.get((kind, q, p.target), True)
+                       for q in (p.prompt, *p.paraphrases)}
+            missed = [i for i, ok in enumerate(prompts.values()) if not ok]
+            if not missed:
+                reason = ""
+            elif p.kind == PieceKind.EDIT:
+                reason = (f"greedy output does not start with the target on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            else:
+                reason = (f"greedy output still holds the unlearned answer on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            self.checks[pid] = PieceCheck(pid, p.kind, not missed, prompts, reason, steps)
+
     # ------------------------------------------------------------------ router and publish
     def _publish(self, reason: str) -> UpdateResult:
+        failed = [c for c in self.checks.values() if not c.reached]
+        if failed and self.require_reached:
+            raise NotReached(f"{len(failed)} of {len(self.checks)} pieces did not take "
+                             f"(first: {failed[0].piece_id}: {failed[0].reason}); nothing was "
+                             "published", checks=tuple(failed), field="pieces")
+        for c in failed:
+            logger.warning("piece %s not reached: %s", c.piece_id, c.reason)
+        t0 = time.perf_counter()
         store = self.loka.store
         version = store.next_version()
         mems = [self.memories[k] for k in sorted(self.memories)]
@@ -342,7 +391,11 @@ class Updater:
                                     self.cfg.index, self.loka.layout.hidden_size)
             index_file = f"versions/v{version}.faiss"
             index.save(store.root / index_file)
+            self._timed("index", t0)
+            t1 = time.perf_counter()
             gate = self._train_gate(index)
+            self._timed("gate", t1)
+            t0 = time.perf_counter()
             if gate is not None:
                 gate_file = f"versions/v{version}.gate"
                 save_gate(gate, store.root / gate_file)
@@ -350,13 +403,17 @@ class Updater:
             raise Cancelled("update cancelled")
         self.progress("publish", 0, 1)
         updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
+        checks = tuple(self.checks[p] for p in sorted(self.checks) if p in self.pieces)
+        stages = {k: round(v, 3) for k, v in self.stage_seconds.items()}
         result = UpdateResult(version, tuple(self.created), tuple(updated),
                               tuple(self.removed_memories), tuple(self.pieces_added),
                               tuple(self.pieces_removed), dict(self.decisions),
-                              time.perf_counter() - self.started)
+                              time.perf_counter() - self.started, checks, stages)
         extra = self.on_publish(result) if self.on_publish is not None else ()
         store.publish(version, mems, self.pieces.values(), self.retain, gate_file=gate_file,
                       index_file=index_file, reason=reason, extra_sql=extra)
+        self._timed("publish", t0)
+        stages["publish"] = round(self.stage_seconds["publish"], 3)
         self.progress("publish", 1, 1)
         return result
 

@@ -24,6 +24,7 @@ from memory_store.errors import (
     LokaError,
     ModelMismatch,
     NotFound,
+    NotReached,
     StoreError,
 )
 
@@ -36,6 +37,7 @@ ENGINE_STATUS: tuple[tuple[type[LokaError], int], ...] = (
     (ConflictError, 409),
     (ModelMismatch, 409),
     (Cancelled, 409),
+    (NotReached, 422),
     (StoreError, 500),
 )
 
