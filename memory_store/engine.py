@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -165,6 +166,8 @@ class Loka:
         self._background = tuple(dict.fromkeys(background_prompts))
         self._background_keys: np.ndarray | None = None
         self._live = self._load_live(None)
+        # computed at open (or read from the store), not during the first update
+        self.background_keys()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -261,9 +264,27 @@ class Loka:
                                    self._centre, self.config.keys.pooling)
 
     def background_keys(self) -> np.ndarray:
+        """Keys of the background prompts: computed once per store and set of prompts (kept
+        in the store, so a restarted service does not recompute them on its first update)."""
         if self._background_keys is None:
-            self._background_keys = self.keys(self._background)
+            self._background_keys = self._stored_background_keys()
         return self._background_keys
+
+    def _stored_background_keys(self) -> np.ndarray:
+        import hashlib
+
+        digest = hashlib.sha256("\x00".join(self._background).encode()).hexdigest()[:16]
+        name = f"background_keys_{digest}"
+        dim = self.layout.hidden_size
+        blob = self.store.get_blob(name)
+        if blob is not None and len(blob) == 4 * dim * len(self._background):
+            return np.frombuffer(blob, dtype=np.float32).reshape(-1, dim).copy()
+        keys = self.keys(self._background)
+        try:
+            self.store.set_blob(name, keys.astype(np.float32).tobytes())
+        except (StoreError, OSError, sqlite3.Error):  # a read-only store still serves
+            logger.warning("cannot keep the background keys in the store")
+        return keys
 
     def _route_keys(self, live: _Live, unit: np.ndarray) -> list[Route]:
         if len(live.index) == 0:

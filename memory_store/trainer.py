@@ -7,6 +7,7 @@ min-norm combination of the normalised edit and unlearn gradients, plus the rete
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # a piece's unlearning counts as done once its log-probability dropped this much below the base
 UNLEARN_MARGIN = 3.0
+# "auto" compute dtype: bfloat16 only for models at least this large
+BF16_MIN_PARAMS = 50_000_000
 
 
 @dataclass
@@ -308,6 +311,30 @@ def _assign_grad(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
         offset += n
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX or AVX512-BF16; /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def autocast_for(model, trainer: TrainerSettings) -> contextlib.AbstractContextManager:
+    """The autocast context of the training steps (see ``TrainerSettings.compute_dtype``)."""
+    param = next(model.parameters())
+    want = trainer.compute_dtype
+    if want == "auto":
+        # small models are bound by per-op overhead, not by matmuls: bf16 only costs casts
+        big = sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMS
+        want = ("bfloat16" if big and param.device.type == "cpu" and param.dtype == torch.float32
+                and cpu_has_native_bf16() else "float32")
+    if want == "float32" or param.dtype != torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(param.device.type, dtype=torch.bfloat16)
+
+
 def make_objective(model, tokenizer, layout: ModelLayout, task: MemoryTask,
                    trainer: TrainerSettings) -> Objective:
     if trainer.prefix_cache or trainer.head_positions_only:
@@ -342,7 +369,7 @@ def train_memory(
     def optimise(steps: int) -> tuple[float, bool]:
         nonlocal total_steps
         loss_value, converged = float("nan"), False
-        with use_state(state):
+        with use_state(state), autocast_for(model, trainer):
             for step in range(1, steps + 1):
                 if should_cancel is not None and should_cancel():
                     raise Cancelled("update cancelled")
@@ -490,7 +517,7 @@ def conflict_score(
     gen = torch.Generator().manual_seed(seed)
     n_e, n_u = len(objective.edit), len(objective.unlearn)
     cosines = []
-    with use_state(state):
+    with use_state(state), autocast_for(model, trainer):
         for _ in range(conflict.samples):
             re = torch.randperm(n_e, generator=gen)[: conflict.batch_size]
             ru = torch.randperm(n_u, generator=gen)[: conflict.batch_size]
