@@ -195,8 +195,21 @@ def to_markdown(reports: list[dict], label: str) -> str:
     msep = "|---" * (1 + len(mnames)) + "|"
     mrows = [f"| {r['scenario']} | " + " | ".join(str(r["metrics"].get(m, "")) for m in mnames)
              + " |" for r in reports]
-    return (f"### {label}\n\n{head}\n{sep}\n" + "\n".join(rows) + "\n\n"
-            + f"{mhead}\n{msep}\n" + "\n".join(mrows) + "\n")
+    engine = sorted({s for r in reports for s in r["result"].get("stage_seconds", {})})
+    ehead = "| scenario | " + " | ".join(engine) + " |"
+    esep = "|---" * (1 + len(engine)) + "|"
+    erows = [f"| {r['scenario']} | " + " | ".join(
+        str(round(r["result"].get("stage_seconds", {}).get(s, 0.0), 1)) for s in engine) + " |"
+        for r in reports]
+    fails = [f"- {r['scenario']}: {f['piece_id']} {f['reason']}" for r in reports
+             for f in r.get("pieces_failed", [])]
+    text = (f"### {label}\n\nStages by progress callback (s):\n\n{head}\n{sep}\n"
+            + "\n".join(rows) + "\n\n" + f"{mhead}\n{msep}\n" + "\n".join(mrows) + "\n")
+    if engine:
+        text += ("\nEngine stage timers (UpdateResult.stage_seconds, s):\n\n"
+                 f"{ehead}\n{esep}\n" + "\n".join(erows) + "\n")
+    text += "\nPieces failed: " + ("none\n" if not fails else "\n" + "\n".join(fails) + "\n")
+    return text
 
 
 def main() -> None:
