@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from memory_store.models.builtin import counterfactual_answer, find_fact
 
 from memory_store import Loka
 from memory_store.errors import NotReached
+from memory_store.models.builtin import counterfactual_answer, find_fact
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec, UpdateOptions
 
 
