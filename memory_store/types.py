@@ -32,6 +32,9 @@ class PieceSpec:
     prompt: str
     target: str
     paraphrases: tuple[str, ...] = ()
+    # whose fact this is ("Danielle Darrieux"): other relations of the subject become the
+    # gate's hard negatives; None guesses a capitalised name in the prompt
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class UpdateOptions:
     max_steps: int | None = None
     # fail the update (``NotReached``, nothing published) when any piece is not reached
     require_reached: bool = False
+    # other relations of each piece's subject as retained prompts and gate negatives
+    hard_negatives: bool = True
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def update_payload(
     return {
         "pieces": [
             {"kind": str(p.kind), "prompt": p.prompt, "target": p.target,
-             "paraphrases": list(p.paraphrases)}
+             "paraphrases": list(p.paraphrases), "subject": p.subject}
             for p in pieces
         ],
         "retain": [{"prompt": r.prompt, "target": r.target} for r in retain],
@@ -107,7 +107,7 @@ def _decode_update(payload: dict[str, Any]) -> tuple[list[PieceSpec], list[Retai
                                                       UpdateOptions]:
     pieces = [
         PieceSpec(kind=PieceKind(p["kind"]), prompt=p["prompt"], target=p["target"],
-                  paraphrases=tuple(p["paraphrases"]))
+                  paraphrases=tuple(p["paraphrases"]), subject=p.get("subject"))
         for p in payload["pieces"]
     ]
     retain = [RetainSpec(prompt=r["prompt"], target=r["target"]) for r in payload["retain"]]

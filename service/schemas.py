@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
 )
@@ -126,12 +127,16 @@ class EditIn(Request):
     prompt: NonBlank
     target: NonBlank
     paraphrases: list[NonBlank] = []
+    # whose fact it is (as in EasyEdit/ROME requests); None: guessed from the prompt
+    subject: NonBlank | None = None
 
 
 class UnlearnIn(Request):
     prompt: NonBlank
     target: NonBlank
     paraphrases: list[NonBlank] = []
+    # whose fact it is (as in EasyEdit/ROME requests); None: guessed from the prompt
+    subject: NonBlank | None = None
 
 
 class RetainIn(Request):
@@ -145,9 +150,11 @@ class UpdateOptionsIn(Request):
     learning_rate: StrictFloat | None = Field(None, gt=0.0, le=1.0)
     seed: Seed | None = None
     # training continues past ``steps`` until every piece takes, up to this many steps
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: StrictInt | None = Field(None, ge=1)
     # fail the job (nothing published) when a piece does not take
-    require_reached: bool = False
+    require_reached: StrictBool = False
+    # other relations of each piece's subject become retained prompts and gate negatives
+    hard_negatives: StrictBool = True
 
 
 class UpdateRequest(Request):

@@ -22,6 +22,7 @@ from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord,
 from memory_store.config import LokaConfig
 from memory_store.errors import Cancelled, NotReached
 from memory_store.files import write_atomically
+from memory_store.general_prompts import guess_subject, subject_negatives
 from memory_store.ids import id_number, memory_id, piece_id
 from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
@@ -163,6 +164,7 @@ class Updater:
         self.decisions: dict[str, ConflictDecision] = {}
         self.update_retain: list[tuple[str, str]] = []
         self.require_reached = bool(options is not None and options.require_reached)
+        self.hard_negatives = options is None or options.hard_negatives
         self.checks: dict[str, PieceCheck] = {}
         self.stage_seconds: dict[str, float] = {}
         self.started = time.perf_counter()
@@ -173,9 +175,11 @@ class Updater:
         t0 = time.perf_counter()
         texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
         all_keys = self.ctx.encoder.keys(texts + [r.prompt for r in retain])
-        self._timed("keys", t0)
         piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
         self._add_retain(retain, retain_keys)
+        if self.hard_negatives:
+            self._add_subject_negatives(specs, piece_keys)
+        self._timed("keys", t0)
         self.progress("keys", 1, 1)
         for pid in superseded(self.pieces.values(), specs):
             self._remove_piece(pid)
@@ -209,6 +213,28 @@ class Updater:
         return self._train_and_publish([], f"delete memory {memory_id}")
 
     # ------------------------------------------------------------------ steps
+    def _add_subject_negatives(self, specs: Sequence[PieceSpec], piece_keys: np.ndarray) -> None:
+        """Other relations of each piece's subject ("Danielle Darrieux was born in" when her
+        mother tongue is edited), kept as retained prompts without a target: hard negatives
+        of the gate and retention prompts. Those as close to one of the update's own keys as
+        an unlisted paraphrase would be are left out, and so are stored texts."""
+        own = [t for s in specs for t in (s.prompt, *s.paraphrases)]
+        candidates: list[str] = []
+        for spec in specs:
+            subject = spec.subject or guess_subject(spec.prompt)
+            if subject:
+                candidates += subject_negatives(subject, exclude=own)
+        taken = self._stored_texts() | {norm_prompt(t) for t in own} | {
+            norm_prompt(r.prompt) for r in self.retain}
+        candidates = [c for c in dict.fromkeys(candidates) if norm_prompt(c) not in taken]
+        if not candidates or not len(piece_keys):
+            return
+        keys = self.ctx.encoder.keys(candidates)
+        near = (keys @ piece_keys.T).max(1) >= self.cfg.router.exclude_similarity
+        for prompt, key, is_near in zip(candidates, keys, near, strict=True):
+            if not is_near:
+                self.retain.append(RetainRecord(prompt, "", key))
+
     def _add_retain(self, retain: Sequence[RetainSpec], keys: np.ndarray) -> None:
         have = {(r.prompt, r.target) for r in self.retain}
         for spec, key in zip(retain, keys, strict=True):
