@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memory_store import keys as keymod
 from memory_store import pieces_io
 from memory_store.codebook.live import LiveVersion, load_live
 from memory_store.codebook.store import Store
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 SMALL_MODEL_PARAMS = 50_000_000
 # re-plans of one change when other writers keep publishing first
 MAX_REPLANS = 20
+# tokens the trainer's unlearning verify rounds generate after a prompt (``trainer._leaks``)
+VERIFY_TOKENS = 16
 
 
 class Loka:
@@ -235,9 +238,51 @@ class Loka:
         }
 
     # ------------------------------------------------------------------ writing
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model can attend to (prompt + generated tokens); None if unknown."""
+        return context_length(self.model)
+
     def validate_pieces(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = ()
                         ) -> None:
+        """Raise ``InvalidInput`` naming the first bad field: texts (``pieces_io.validate``),
+        then every training sequence (prompt or paraphrase + target + EOS, the IDK answer for
+        unlearning) against the model's context length."""
         pieces_io.validate(pieces, retain)
+        limit = self.context_length
+        if limit is None:
+            return
+
+        def count(text: str, special: bool) -> int:
+            if not text:
+                return 0
+            return len(keymod.tokenize(self.tokenizer, text,
+                                       add_special_tokens=special)["input_ids"])
+
+        def check(prompt: str, prompt_field: str, target: str, target_field: str,
+                  unlearn: bool = False) -> None:
+            n_prompt, n_target = count(prompt, True), count(target, False)
+            # unlearning also trains towards the IDK answer, and its verify rounds on what the
+            # model generates (up to VERIFY_TOKENS) before the target
+            n_total = n_prompt + max(n_target + (verify if unlearn else 0),
+                                     idk if unlearn else 0) + 1
+            if n_total > limit:
+                field = prompt_field if n_prompt >= n_target else target_field
+                raise InvalidInput(
+                    f"{field}: too long for the model's context of {limit} tokens "
+                    f"({prompt_field} {n_prompt} + {target_field} {n_target} tokens, with "
+                    f"what training adds: {n_total})", field=field)
+
+        idk = count(self.config.trainer.idk_response, False)
+        verify = VERIFY_TOKENS if self.config.trainer.verify_rounds else 0
+        for i, p in enumerate(pieces):
+            unlearn = p.kind == "unlearn"
+            check(p.prompt, f"pieces[{i}].prompt", p.target, f"pieces[{i}].target", unlearn)
+            for j, q in enumerate(p.paraphrases):
+                check(q, f"pieces[{i}].paraphrases[{j}]", p.target, f"pieces[{i}].target",
+                      unlearn)
+        for i, r in enumerate(retain):
+            check(r.prompt, f"retain[{i}].prompt", r.target, f"retain[{i}].target")
 
     def update(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = (),
                options: UpdateOptions | None = None, progress: ProgressCallback | None = None,
@@ -254,7 +299,7 @@ class Loka:
         another process published first it is re-planned on the new head (only memories whose
         training task changed are retrained) and published again: no writer loses another's
         pieces."""
-        pieces_io.validate(pieces, retain)
+        self.validate_pieces(pieces, retain)
         return self._write(lambda plan: plan.apply(pieces, retain), options, progress,
                            should_cancel, on_publish)
 
@@ -402,3 +447,16 @@ def _merge_config(store: Store, config: LokaConfig | None) -> LokaConfig:
                             f"({stored.keys}, {stored.lora})", field="config")
     store.set_meta("config", config.model_dump_json())
     return config
+
+
+def context_length(model) -> int | None:
+    """The context length of ``model``'s config (``n_positions`` and its aliases), if any."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len",
+                 "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # required by generation and knowledge reads; the admin token is accepted there too
     api_token: SecretStr | None = None
+    # who may bypass the gate (``memory: "none"``/``model: "base"`` or an explicit memory id):
+    # "admin" callers only, or "all"; None: "admin" when an admin token is set, else "all".
+    # Either way, a non-admin request the gate routes to a memory holding unlearned knowledge
+    # is served by that memory (see ``service.policy``)
+    base_access: Literal["admin", "all"] | None = None
 
     # -- request limits (422 beyond them, 413 for the body size) ----------------------------
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -60,6 +65,9 @@ class Settings(BaseSettings):
     max_train_steps: int = Field(2_000, ge=1)
     max_prompts_per_request: int = Field(16, ge=1)  # list prompts of /v1/completions
     max_chat_messages: int = Field(256, ge=1)
+    # seconds a request body may stall between two reads (a body shorter than its
+    # Content-Length) before the request is answered 408 and the connection closed
+    body_timeout_s: float = Field(5.0, gt=0.0, le=3_600.0)
 
     # -- generation -------------------------------------------------------------------------
     # continuous batching: concurrent requests decode together, each row with its own memory;
@@ -80,7 +88,15 @@ class Settings(BaseSettings):
     # how often a replica checks the head on SQLite (PostgreSQL notifies; polls each second)
     follow_poll_s: float = Field(0.25, gt=0.0, le=60.0)
 
-    @field_validator("model", "threads", "admin_token", "api_token", "database_url",
+    @property
+    def base_access_policy(self) -> Literal["admin", "all"]:
+        """``base_access`` with its default resolved."""
+        if self.base_access is not None:
+            return self.base_access
+        return "admin" if self.admin_token is not None else "all"
+
+    @field_validator("model", "threads", "admin_token", "api_token", "base_access",
+                     "database_url",
                      mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -45,6 +45,7 @@ _HTTP_TYPES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -172,8 +173,21 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     )
 
 
+def _unparsable_body(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body (the cause of its generic 400)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"body: not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at offset "
+                f"{cause.start}); JSON bodies must be UTF-8")
+    if isinstance(cause, RecursionError):
+        return "body: the JSON is nested too deeply to parse"
+    return "body: could not be parsed as JSON"
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's body parsing failed
+        return error_response(400, type_, _unparsable_body(exc.__cause__), field="body",
+                              headers=exc.headers)
     message = exc.detail if isinstance(exc.detail, str) else type_.replace("_", " ")
     return error_response(exc.status_code, type_, message, headers=exc.headers)
 

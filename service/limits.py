@@ -1,4 +1,5 @@
-"""Request limits that come from the settings (counts and lengths), as 422s naming the field."""
+"""Request limits as 422s naming the field: from the settings (counts and lengths) and from the
+model (its context length: prompt tokens + new tokens must fit in it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 from service.config import Settings
 from service.errors import invalid
+from service.scheduler import GenerationScheduler as Generator
 from service.schemas import UpdateRequest
 
 MAX_STOP_CHARS = 200
@@ -75,3 +77,45 @@ def check_update(settings: Settings, body: UpdateRequest) -> None:
     steps = body.options.steps
     if steps is not None and steps > settings.max_train_steps:
         raise invalid("options.steps", f"at most {settings.max_train_steps} (got {steps})")
+
+
+def check_prompt_tokens(generator: Generator, settings: Settings, prompt: str,
+                        field: str) -> None:
+    """The configured cap on prompt tokens. Blocking (tokenizes)."""
+    n = generator.count_tokens(prompt)
+    if n > settings.max_prompt_tokens:
+        raise invalid(field, f"at most {settings.max_prompt_tokens} prompt tokens (got {n})")
+
+
+def fit_context(
+    generator: Generator, settings: Settings, context: int | None, prompt: str,
+    prompt_field: str, max_new_tokens: int | None, tokens_field: str, default: int,
+) -> int:
+    """The token budget of a generation within the model's ``context`` (None: unknown), after
+    the configured cap on prompt tokens: a prompt that leaves no room is a 422 on
+    ``prompt_field``, an explicit ``max_new_tokens`` that does not fit one on
+    ``tokens_field``; the ``default`` (None asked) is cut to what fits. Blocking."""
+    check_prompt_tokens(generator, settings, prompt, prompt_field)
+    budget = default if max_new_tokens is None else max_new_tokens
+    if context is None:
+        return budget
+    n = generator.count_tokens(prompt, special=True)
+    if n >= context:
+        raise invalid(prompt_field, f"{n} tokens, but the model's context holds {context} "
+                                    f"(prompt and new tokens together)")
+    room = context - n
+    if budget <= room:
+        return budget
+    if max_new_tokens is None:
+        return room
+    raise invalid(tokens_field, f"at most {room} for this prompt: {n} prompt tokens + "
+                                f"{budget} new tokens exceed the model's context of {context}")
+
+
+def check_route_prompt(generator: Generator, context: int | None, prompt: str) -> None:
+    """A prompt to route must fit in the model's context. Blocking (tokenizes)."""
+    if context is None:
+        return
+    n = generator.count_tokens(prompt, special=True)
+    if n > context:
+        raise invalid("prompt", f"{n} tokens, but the model's context holds {context}")

@@ -17,7 +17,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 from memory_store.types import GenerationResult
 from service.errors import invalid
@@ -36,17 +44,17 @@ _ROLE_NAMES = {
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = None
-    stream: bool | None = False
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
+    n: StrictInt | None = None
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
@@ -68,10 +76,10 @@ class _OpenAIRequest(BaseModel):
 
 class CompletionRequest(_OpenAIRequest):
     prompt: str | list[str]
-    max_tokens: int | None = Field(None, ge=1)
-    echo: bool | None = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    echo: StrictBool | None = False
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -134,9 +142,9 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool | None = None
     tools: list[Any] | None = None
 
     @field_validator("logprobs")

@@ -108,10 +108,11 @@ class GenerationScheduler:
 
     # -- checks -------------------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens of ``text`` (no special tokens)."""
+    def count_tokens(self, text: str, special: bool = False) -> int:
+        """Number of tokens of ``text`` (with the special tokens the model adds to a prompt
+        when ``special``)."""
         with self._count_lock:
-            return len(self._counter(text, add_special_tokens=False)["input_ids"])
+            return len(self._counter(text, add_special_tokens=special)["input_ids"])
 
     def _check_prompt(self, request: GenerationRequest, field: str) -> None:
         n = self.count_tokens(request.prompt)

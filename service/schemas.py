@@ -1,7 +1,9 @@
 """Request and response models of the native API (``/v1/generate``, updates, jobs, memories...).
 
-Requests forbid unknown fields. Static checks (types, ranges, non-blank text) live here; the
-limits that come from the settings (lengths, counts) are checked in ``service.limits``.
+Requests forbid unknown fields and take numbers and booleans strictly (``true`` is not 1,
+``"yes"`` is not a boolean, ``2.0`` is not an integer). Static checks (types, ranges, non-blank
+text) live here; the limits that come from the settings and the model (lengths, counts, the
+context length) are checked in ``service.limits``.
 Timestamps are ISO 8601 strings in UTC.
 """
 
@@ -10,7 +12,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+)
 
 from memory_store.ids import is_memory_id
 from memory_store.types import (
@@ -41,7 +50,7 @@ def _memory_selector(value: str) -> str:
 
 NonBlank = Annotated[str, AfterValidator(_not_blank)]
 # a 64-bit seed (what torch's generators take)
-Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
 MemorySelector = Annotated[str, AfterValidator(_memory_selector)]
 
 
@@ -61,9 +70,9 @@ class Request(BaseModel):
 
 class GenerateRequest(Request):
     prompt: NonBlank
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: StrictInt = Field(32, ge=1)
+    temperature: StrictFloat = Field(0.0, ge=0.0, le=2.0)
+    top_p: StrictFloat = Field(1.0, gt=0.0, le=1.0)
     stop: list[Annotated[str, Field(min_length=1)]] = []
     memory: MemorySelector = "auto"
     seed: Seed | None = None
@@ -76,8 +85,9 @@ class Usage(BaseModel):
 
 class GenerateResponse(BaseModel):
     text: str
+    # where the answer was routed; all three null when withheld (see ``service.policy``)
     memory_id: str | None
-    gate: float
+    gate: float | None
     similarity: float | None
     codebook_version: int
     finish_reason: Literal["stop", "length"]
@@ -102,8 +112,9 @@ class RouteRequest(Request):
 
 
 class RouteResponse(BaseModel):
+    # all three null when withheld from a non-admin caller (see ``service.policy``)
     memory_id: str | None
-    gate: float
+    gate: float | None
     similarity: float | None
     codebook_version: int
 
@@ -130,8 +141,8 @@ class RetainIn(Request):
 
 class UpdateOptionsIn(Request):
     unlearn_loss: Literal["npo", "ga", "idk"] | None = None
-    steps: int | None = Field(None, ge=1)
-    learning_rate: float | None = Field(None, gt=0.0, le=1.0)
+    steps: StrictInt | None = Field(None, ge=1)
+    learning_rate: StrictFloat | None = Field(None, gt=0.0, le=1.0)
     seed: Seed | None = None
 
 
@@ -143,7 +154,7 @@ class UpdateRequest(Request):
 
 
 class RollbackRequest(Request):
-    version: int = Field(ge=0)
+    version: StrictInt = Field(ge=0)
 
 
 class JobAccepted(BaseModel):
@@ -248,13 +259,15 @@ class PieceOut(BaseModel):
     target: str | None
     target_redacted: bool = False
     paraphrases: list[str]
-    memory_id: str
+    # null for a non-admin caller when the memory holds unlearned knowledge
+    memory_id: str | None
     created_at: datetime
     added_in_version: int
 
     @classmethod
-    def of(cls, p: Piece, *, admin: bool = False) -> PieceOut:
-        """The model of a stored piece; an unlearn target is redacted unless ``admin``."""
+    def of(cls, p: Piece, *, admin: bool = False, memory_shown: bool = True) -> PieceOut:
+        """The model of a stored piece; an unlearn target is redacted unless ``admin`` (non-admin
+        callers are not shown unlearn pieces at all: see ``service.policy``)."""
         redact = p.kind == "unlearn" and not admin
         return cls(
             id=p.id,
@@ -263,7 +276,7 @@ class PieceOut(BaseModel):
             target=None if redact else p.target,
             target_redacted=redact,
             paraphrases=list(p.paraphrases),
-            memory_id=p.memory_id,
+            memory_id=p.memory_id if memory_shown else None,
             created_at=timestamp(p.created_at),  # type: ignore[arg-type]
             added_in_version=p.added_in_version,
         )

@@ -80,11 +80,12 @@ class Usage(_Response):
 
 
 class GenerateResponse(_Response):
-    """A completion and where it was routed (``memory_id`` None: the base model)."""
+    """A completion and where it was routed (``memory_id`` None: the base model; ``memory_id``,
+    ``gate`` and ``similarity`` all None: withheld from a non-admin caller)."""
 
     text: str
     memory_id: str | None = None
-    gate: float = 0.0
+    gate: float | None = 0.0
     similarity: float | None = None
     codebook_version: int = 0
     finish_reason: str | None = None  # "stop" or "length"
@@ -92,10 +93,11 @@ class GenerateResponse(_Response):
 
 
 class RouteResponse(_Response):
-    """Where a prompt would be routed (``memory_id`` None: the base model)."""
+    """Where a prompt would be routed (``memory_id`` None: the base model; ``memory_id``,
+    ``gate`` and ``similarity`` all None: withheld from a non-admin caller)."""
 
     memory_id: str | None = None
-    gate: float = 0.0
+    gate: float | None = 0.0
     similarity: float | None = None
     codebook_version: int | None = None
 

@@ -4,7 +4,8 @@ Auth: when ``LOKA_ADMIN_TOKEN`` is set, every endpoint that changes knowledge ne
 ``Authorization: Bearer <admin token>``. When ``LOKA_API_TOKEN`` is set, generation and the
 knowledge reads need the API token (the admin token works there too). A missing or malformed
 header is a 401, a wrong token a 403. Tokens are compared in constant time and never logged.
-The targets of unlearning requests are shown to admin callers only (``IsAdmin``).
+What was unlearned is shown to admin callers only, and only they may bypass the gate when
+``LOKA_BASE_ACCESS`` is ``admin`` (``IsAdmin``, ``PolicyDep``; see ``service.policy``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from memory_store import Loka
 from service.config import Settings
 from service.errors import ServiceError
 from service.jobs import JobQueue
+from service.policy import Policy
 from service.scheduler import GenerationScheduler
 from service.state import ServiceState
 
@@ -135,3 +137,11 @@ def caller_is_admin(request: Request, settings: SettingsDep) -> bool:
 AdminAuth = Depends(require_admin)
 ApiAuth = Depends(require_api)
 IsAdmin = Annotated[bool, Depends(caller_is_admin)]
+
+
+def get_policy(settings: SettingsDep, engine: EngineDep, admin: IsAdmin) -> Policy:
+    """The unlearning policy for this request's caller."""
+    return Policy(settings, engine, admin)
+
+
+PolicyDep = Annotated[Policy, Depends(get_policy)]

@@ -28,10 +28,12 @@ def live_server(make_server: Callable[..., LokaServer]) -> Iterator[LokaServer]:
 
 @pytest.fixture(scope="package")
 def client(live_server: LokaServer) -> Iterator[Client]:
-    """A sync client with both tokens."""
+    """An operator's sync client: the admin token for everything (the server's default policy
+    lets only admin callers ask for the base model or a memory and see how prompts were
+    routed; the API token is tried on its own in ``test_client_live``)."""
     with Client(
         live_server.url,
-        api_token=live_server.api_token,
+        api_token=live_server.admin_token,
         admin_token=live_server.admin_token,
         timeout=120.0,
     ) as c:

@@ -20,8 +20,8 @@ def _run(server: LokaServer, *args: str, env_tokens: bool = True) -> subprocess.
     """Run ``python -m loka_client ARGS`` with the server's address (and tokens) in the env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOKA_")}
     env["LOKA_URL"] = server.url
-    if env_tokens:
-        env["LOKA_API_TOKEN"] = server.api_token
+    if env_tokens:  # an operator: the admin token for everything (see conftest's ``client``)
+        env["LOKA_API_TOKEN"] = server.admin_token
         env["LOKA_ADMIN_TOKEN"] = server.admin_token
     return subprocess.run(
         [sys.executable, "-m", "loka_client", *args],

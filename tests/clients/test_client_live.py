@@ -241,7 +241,7 @@ def test_delete_knowledge_memory_and_rollback(client: Client, edited: Edited) ->
 def test_async_client(live_server: LokaServer) -> None:
     async def run() -> None:
         async with AsyncClient(
-            live_server.url, api_token=live_server.api_token, admin_token=live_server.admin_token
+            live_server.url, api_token=live_server.admin_token, admin_token=live_server.admin_token
         ) as client:
             assert (await client.ready()).status == "ok"
             outs = await asyncio.gather(

@@ -31,6 +31,33 @@ def test_bad_pieces(loka, piece, field):
     assert loka.version == 0  # nothing published
 
 
+LONG = "word " * 200  # ~600 tokens of the built-in model, which attends to 128
+
+
+@pytest.mark.parametrize(("piece", "field"), [
+    (PieceSpec(PieceKind.EDIT, LONG, " x"), "pieces[0].prompt"),
+    (PieceSpec(PieceKind.EDIT, "The capital of Veltoria is", " " + LONG), "pieces[0].target"),
+    (PieceSpec(PieceKind.UNLEARN, "The capital of Veltoria is", " x", ("ok", LONG)),
+     "pieces[0].paraphrases[1]"),
+    # unlearning trains on what the model generates after the prompt too (16 tokens): a piece
+    # that fits as an edit does not fit as an unlearning request
+    (PieceSpec(PieceKind.UNLEARN, "word " * 38, " x"), "pieces[0].prompt"),
+])
+def test_pieces_beyond_the_context(loka, piece, field):
+    """Used to pass validation and then fail inside training with an IndexError."""
+    assert loka.context_length == 128
+    with pytest.raises(InvalidInput) as err:
+        loka.validate_pieces([piece])
+    assert err.value.field == field and "128" in err.value.message
+    with pytest.raises(InvalidInput):
+        loka.update([piece])
+    assert loka.version == 0
+
+
+def test_pieces_that_fit_the_context(loka):
+    loka.validate_pieces([PieceSpec(PieceKind.EDIT, "word " * 38, " x")])
+
+
 def test_empty_update(loka):
     with pytest.raises(InvalidInput):
         loka.update([])

@@ -101,8 +101,8 @@ LIMIT_CASES = [
     ("POST", "/v1/route", {"prompt": TOKENS}, 422, "prompt", ("at most 64", "tokens")),
     ("POST", "/v1/completions", {"model": "loka", "prompt": TOKENS}, 422, "prompt",
      ("at most 64", "tokens")),
-    # the token count of a list's member is checked in the batch: the list is named
-    ("POST", "/v1/completions", {"model": "loka", "prompt": ["a", TOKENS]}, 422, "prompt",
+    # the token count of a list's member names the member
+    ("POST", "/v1/completions", {"model": "loka", "prompt": ["a", TOKENS]}, 422, "prompt.1",
      ("at most 64", "tokens")),
     ("POST", "/v1/completions", {"model": "loka", "prompt": TOKENS, "stream": True}, 422,
      "prompt", ("at most 64", "tokens")),

@@ -66,19 +66,19 @@ def get(secured: Secured, path: str, token: str | None, **params: str) -> httpx.
     return httpx.get(f"{secured.server.url}{path}", headers=headers, params=params, timeout=60)
 
 
-def test_unlearn_targets_are_redacted_for_api_callers(secured: Secured) -> None:
+def test_unlearn_pieces_are_hidden_from_api_callers(secured: Secured) -> None:
+    """Nothing of an unlearning request (prompt, target, paraphrases) is shown to API callers;
+    its memory (here mixed with the edit) is hidden too (``service.policy``)."""
     listed = get(secured, "/v1/knowledge", API).json()["pieces"]
-    by_kind = {p["kind"]: p for p in listed}
-    assert by_kind["unlearn"]["target"] is None and by_kind["unlearn"]["target_redacted"]
-    assert by_kind["unlearn"]["prompt"] == FORGET.prompt  # the question is not the secret
-    assert by_kind["edit"]["target"] == " " + counterfactual_answer(EDIT)
-    assert not by_kind["edit"]["target_redacted"]
-    one = get(secured, f"/v1/knowledge/{secured.unlearn_piece}", API).json()
-    assert one["target"] is None and one["target_redacted"]
-    only = get(secured, "/v1/knowledge", API, kind="unlearn").json()["pieces"]
-    assert [p["target"] for p in only] == [None]
-    memory = get(secured, f"/v1/memories/{secured.memory_id}", API).json()
-    assert {p["id"]: p["target"] for p in memory["pieces"]}[secured.unlearn_piece] is None
+    assert [(p["kind"], p["memory_id"]) for p in listed] == [("edit", None)]
+    assert listed[0]["target"] == " " + counterfactual_answer(EDIT)
+    assert get(secured, f"/v1/knowledge/{secured.unlearn_piece}", API).status_code == 404
+    assert get(secured, "/v1/knowledge", API, kind="unlearn").json()["pieces"] == []
+    assert get(secured, f"/v1/memories/{secured.memory_id}", API).status_code == 404
+    assert get(secured, "/v1/memories", API).json()["memories"] == []
+    for path in ("/v1/knowledge", f"/v1/knowledge/{secured.unlearn_piece}", "/v1/memories"):
+        text = get(secured, path, API).text
+        assert FORGET.prompt not in text and FORGET.prompts[1] not in text, path
 
 
 def test_admin_sees_unlearn_targets(secured: Secured) -> None:

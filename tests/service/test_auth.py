@@ -36,7 +36,7 @@ GENERATION = [
     ("POST", "/v1/generate", {"prompt": "Hello", "max_new_tokens": 2}),
     ("POST", "/v1/route", {"prompt": "Hello"}),
     ("POST", "/v1/completions", {"model": "loka", "prompt": "Hello", "max_tokens": 2}),
-    ("POST", "/v1/chat/completions", {"model": "base", "max_tokens": 2,
+    ("POST", "/v1/chat/completions", {"model": "loka", "max_tokens": 2,
                                       "messages": [{"role": "user", "content": "Hi"}]}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/memories", None),
@@ -102,7 +102,7 @@ def test_open_endpoints(secured: Any) -> None:
 
 def test_openai_client_uses_the_api_key(secured: Any) -> None:
     good = openai.OpenAI(base_url=f"{secured.url}/v1", api_key=API, max_retries=0)
-    assert good.completions.create(model="base", prompt="Hello", max_tokens=2).choices
+    assert good.completions.create(model="loka", prompt="Hello", max_tokens=2).choices
     bad = openai.OpenAI(base_url=f"{secured.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.PermissionDeniedError):
         bad.completions.create(model="base", prompt="Hello", max_tokens=2)

@@ -1,8 +1,9 @@
 """Knowledge pieces: list, inspect, and revert one (``DELETE`` runs as a job).
 
-The target of an unlearn piece (the answer the model must forget) is itself sensitive: it is
-returned only to callers with the admin token (``target: null, target_redacted: true`` for
-others).
+What was unlearned is itself sensitive: unlearn pieces (prompt, target, paraphrases) are
+shown to admin callers only. For other callers they do not exist (left out of the list, a 404
+by id), and an edit piece stored in a memory that also holds unlearned knowledge shows
+``memory_id: null`` (see ``service.policy``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
+from memory_store.errors import NotFound
 from memory_store.ids import is_memory_id, is_piece_id
+from memory_store.types import PieceKind
 from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin, JobsDep
 from service.errors import invalid, not_found
+from service.policy import hidden_memories
 from service.schemas import JobAccepted, PieceList, PieceOut
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
@@ -40,10 +44,13 @@ async def list_pieces(
 
     def run() -> PieceList:
         version = engine.version
+        stored = engine.pieces()
+        hidden = set() if admin else hidden_memories(stored)
         pieces = [
-            PieceOut.of(p, admin=admin) for p in engine.pieces()
-            if (kind is None or str(p.kind) == kind)
-            and (memory_id is None or p.memory_id == memory_id)
+            PieceOut.of(p, admin=admin, memory_shown=p.memory_id not in hidden) for p in stored
+            if (admin or p.kind != PieceKind.UNLEARN)
+            and (kind is None or str(p.kind) == kind)
+            and (memory_id is None or (p.memory_id == memory_id and memory_id not in hidden))
         ]
         return PieceList(codebook_version=version, pieces=pieces)
 
@@ -52,9 +59,19 @@ async def list_pieces(
 
 @router.get("/{piece_id}", dependencies=[ApiAuth])
 async def get_piece(piece_id: str, engine: EngineDep, admin: IsAdmin) -> PieceOut:
-    """One stored piece."""
-    piece = await run_in_threadpool(engine.piece, checked_piece_id(piece_id))
-    return PieceOut.of(piece, admin=admin)
+    """One stored piece (an unlearn piece for admin callers only: a 404 for others)."""
+    piece_id = checked_piece_id(piece_id)
+
+    def run() -> PieceOut:
+        piece = engine.piece(piece_id)
+        if admin:
+            return PieceOut.of(piece, admin=True)
+        if piece.kind == PieceKind.UNLEARN:  # the engine's own answer for an unknown id
+            raise NotFound(f"no knowledge piece {piece_id!r}", field="piece_id")
+        shown = piece.memory_id not in hidden_memories(engine.pieces())
+        return PieceOut.of(piece, memory_shown=shown)
+
+    return await run_in_threadpool(run)
 
 
 @router.delete("/{piece_id}", status_code=202, dependencies=[AdminAuth])

@@ -1,13 +1,19 @@
-"""Memories of the codebook: list, inspect (pieces, kind, conflict decision, key stats), delete."""
+"""Memories of the codebook: list, inspect (pieces, kind, conflict decision, key stats), delete.
+
+A memory holding unlearned knowledge (kind ``unlearn`` or ``mixed``) is shown to admin callers
+only: for others it is left out of the list and a 404 by id (see ``service.policy``).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
+from memory_store.errors import NotFound
 from memory_store.ids import is_memory_id
 from service.api.deps import AdminAuth, ApiAuth, EngineDep, IsAdmin, JobsDep
 from service.errors import not_found
+from service.policy import HIDDEN_KINDS
 from service.schemas import JobAccepted, MemoryDetail, MemoryList, MemoryOut, PieceOut
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"])
@@ -21,13 +27,15 @@ def checked_memory_id(memory_id: str) -> str:
 
 
 @router.get("", dependencies=[ApiAuth])
-async def list_memories(engine: EngineDep) -> MemoryList:
-    """Every memory of the current codebook version."""
+async def list_memories(engine: EngineDep, admin: IsAdmin) -> MemoryList:
+    """Every memory of the current codebook version (that the caller may see)."""
 
     def run() -> MemoryList:
         version = engine.version
         return MemoryList(
-            codebook_version=version, memories=[MemoryOut.of(m) for m in engine.memories()]
+            codebook_version=version,
+            memories=[MemoryOut.of(m) for m in engine.memories()
+                      if admin or m.kind not in HIDDEN_KINDS],
         )
 
     return await run_in_threadpool(run)
@@ -41,6 +49,8 @@ async def get_memory(memory_id: str, engine: EngineDep, admin: IsAdmin) -> Memor
 
     def run() -> MemoryDetail:
         memory = engine.memory(memory_id)
+        if not admin and memory.kind in HIDDEN_KINDS:  # the engine's answer for an unknown id
+            raise NotFound(f"no memory {memory_id!r}", field="memory_id")
         pieces = [PieceOut.of(engine.piece(p), admin=admin) for p in memory.piece_ids]
         return MemoryDetail(**MemoryOut.of(memory).model_dump(), pieces=pieces)
 

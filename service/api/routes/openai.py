@@ -3,6 +3,11 @@
 Shapes follow vLLM (see ``service.openai_compat``). With ``stream: true`` the answer is a
 ``text/event-stream`` of ``data: {chunk}`` events ending with ``data: [DONE]``; an error after
 the stream started is sent as a ``data: {"error": {...}}`` event before ``[DONE]``.
+
+The unlearning policy of ``service.policy`` applies as on the native routes: ``model: "base"``
+or a memory id may be refused to a non-admin caller (403 naming ``model``), a hidden memory is
+``model_not_found`` for it, a prompt routed to unlearned knowledge is served by it whatever the
+model asked for, and the ``loka`` field of a choice withholds how such a prompt was routed.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from memory_store import Loka
 from memory_store.errors import LokaError, NotFound
 from memory_store.ids import is_memory_id
 from memory_store.types import GenerationRequest, GenerationResult
-from service.api.deps import ApiAuth, EngineDep, GeneratorDep, SettingsDep
+from service.api.deps import ApiAuth, EngineDep, GeneratorDep, PolicyDep, SettingsDep
 from service.config import Settings
 from service.errors import ServiceError, engine_status, error_body, invalid
-from service.limits import check_generation, check_text, sampling_temperature
+from service.limits import check_generation, check_text, fit_context, sampling_temperature
 from service.openai_compat import (
     DEFAULT_CHAT_TOKENS,
     DEFAULT_COMPLETION_TOKENS,
@@ -40,6 +45,7 @@ from service.openai_compat import (
     sse,
     usage_chunk,
 )
+from service.policy import Policy
 from service.scheduler import Chunk, GenerationScheduler
 
 logger = logging.getLogger(__name__)
@@ -62,17 +68,25 @@ def _card(model_id: str, parent: str | None = None) -> dict[str, Any]:
             "root": parent or model_id, "parent": parent}
 
 
-async def _selection(model: str, engine: Loka) -> str:
-    """The memory selection a model name stands for (404 ``model_not_found`` if none)."""
+async def _selection(model: str, engine: Loka, policy: Policy | None = None) -> str:
+    """The memory selection a model name stands for (404 ``model_not_found`` if none, or if
+    ``policy`` hides it; 403 if ``policy`` refuses it to the caller)."""
     if model in MODELS:
-        return MODELS[model]
-    if is_memory_id(model):
+        selection = MODELS[model]
+    elif is_memory_id(model):
         try:
             await run_in_threadpool(engine.memory, model)
         except NotFound as exc:
             raise _model_not_found(model) from exc
-        return model
-    raise _model_not_found(model)
+        selection = model
+    else:
+        raise _model_not_found(model)
+    if policy is not None:
+        try:
+            await run_in_threadpool(policy.check_selection, selection, "model", model)
+        except NotFound as exc:
+            raise _model_not_found(model) from exc
+    return selection
 
 
 @router.get("/models")
@@ -82,8 +96,10 @@ async def list_models() -> dict[str, Any]:
 
 
 @router.get("/models/{model}")
-async def get_model(model: str, engine: EngineDep) -> dict[str, Any]:
-    """One model: ``loka``, ``base`` or a memory id."""
+async def get_model(model: str, engine: EngineDep, policy: PolicyDep) -> dict[str, Any]:
+    """One model: ``loka``, ``base`` or a memory id (not one hidden from the caller)."""
+    if is_memory_id(model) and await run_in_threadpool(policy.is_hidden, model):
+        raise _model_not_found(model)
     await _selection(model, engine)
     return _card(model, None if model in MODELS else "loka")
 
@@ -146,10 +162,11 @@ def _event_stream(events: Callable[[], AsyncIterator[str]]) -> StreamingResponse
 
 @router.post("/completions")
 async def completions(
-    body: CompletionRequest, settings: SettingsDep, engine: EngineDep, generator: GeneratorDep
+    body: CompletionRequest, settings: SettingsDep, engine: EngineDep, generator: GeneratorDep,
+    policy: PolicyDep,
 ) -> Any:
     """OpenAI text completions (``prompt`` a string or a list of strings; ``n`` = 1)."""
-    memory = await _selection(body.model, engine)
+    memory = await _selection(body.model, engine, policy)
     prompts = body.prompts()
     if len(prompts) > settings.max_prompts_per_request:
         raise invalid("prompt", f"at most {settings.max_prompts_per_request} prompts")
@@ -160,10 +177,21 @@ async def completions(
     max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
     stops = body.stops()
     check_generation(settings, max_tokens, stops, "max_tokens")
-    requests = [_request(body, p, memory, max_tokens, stops) for p in prompts]
+
+    def prepare() -> list[GenerationRequest]:
+        budgets = [
+            fit_context(generator, settings, engine.context_length, p, f, body.max_tokens,
+                        "max_tokens", max_tokens)
+            for f, p in zip(fields, prompts, strict=True)
+        ]
+        served = policy.served(memory, prompts, generator)
+        return [_request(body, p, m, b, stops)
+                for p, m, b in zip(prompts, served, budgets, strict=True)]
+
+    requests = await run_in_threadpool(prepare)
     id_ = new_id("cmpl")
     if not body.stream:
-        results = await generator.generate_many(requests)
+        results = await run_in_threadpool(policy.results, await generator.generate_many(requests))
         texts = [(p + r.text) if body.echo else r.text for p, r in zip(prompts, results,
                                                                         strict=True)]
         return JSONResponse(completion_body(id_, body.model, texts, results))
@@ -181,8 +209,9 @@ async def completions(
                 if chunk.text:
                     yield sse(completion_chunk(id_, body.model, created, index, chunk.text))
                 if chunk.result is not None:
-                    results.append(chunk.result)
-                    yield sse(completion_chunk(id_, body.model, created, index, "", chunk.result))
+                    result = await run_in_threadpool(policy.result, chunk.result)
+                    results.append(result)
+                    yield sse(completion_chunk(id_, body.model, created, index, "", result))
         if include_usage:
             yield sse(usage_chunk(id_, "text_completion", body.model, created, results))
 
@@ -201,20 +230,29 @@ def _chat_prompt(settings: Settings, engine: Loka, body: ChatRequest) -> str:
 
 @router.post("/chat/completions")
 async def chat_completions(
-    body: ChatRequest, settings: SettingsDep, engine: EngineDep, generator: GeneratorDep
+    body: ChatRequest, settings: SettingsDep, engine: EngineDep, generator: GeneratorDep,
+    policy: PolicyDep,
 ) -> Any:
     """OpenAI chat completions; the prompt is built with the model's chat template if any."""
-    memory = await _selection(body.model, engine)
+    memory = await _selection(body.model, engine, policy)
     prompt = await run_in_threadpool(_chat_prompt, settings, engine, body)
-    max_tokens = (body.max_completion_tokens or body.max_tokens
-                  or min(DEFAULT_CHAT_TOKENS, settings.max_new_tokens))
+    asked = body.max_completion_tokens or body.max_tokens
+    max_tokens = asked or min(DEFAULT_CHAT_TOKENS, settings.max_new_tokens)
+    tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     stops = body.stops()
-    check_generation(settings, max_tokens, stops,
-                     "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    request = _request(body, prompt, memory, max_tokens, stops)
+    check_generation(settings, max_tokens, stops, tokens_field)
+
+    def prepare() -> GenerationRequest:
+        budget = fit_context(generator, settings, engine.context_length, prompt, "messages",
+                             asked, tokens_field, max_tokens)
+        served = policy.served(memory, [prompt], generator)[0]
+        return _request(body, prompt, served, budget, stops)
+
+    request = await run_in_threadpool(prepare)
     id_ = new_id("chatcmpl")
     if not body.stream:
         result: GenerationResult = await generator.generate(request, "messages")
+        result = await run_in_threadpool(policy.result, result)
         return JSONResponse(chat_body(id_, body.model, result))
 
     stream = await _opened(generator, request, "messages")
@@ -227,8 +265,9 @@ async def chat_completions(
             if chunk.text:
                 yield sse(chat_chunk(id_, body.model, created, {"content": chunk.text}))
             if chunk.result is not None:
-                results.append(chunk.result)
-                yield sse(chat_chunk(id_, body.model, created, {}, chunk.result))
+                result = await run_in_threadpool(policy.result, chunk.result)
+                results.append(result)
+                yield sse(chat_chunk(id_, body.model, created, {}, result))
         if include_usage:
             yield sse(usage_chunk(id_, "chat.completion.chunk", body.model, created, results))
 

@@ -18,6 +18,8 @@ router = APIRouter(prefix="/v1", tags=["updates"])
 
 _PIECE_FIELD = re.compile(r"^pieces\.(\d+)(.*)$")
 _INDEX = re.compile(r"\[(\d+)\]")
+# an engine field name inside a message ("pieces[3].paraphrases[0]", "retain[1].prompt")
+_ENGINE_FIELD = re.compile(r"\b(?:pieces|retain)(?:\[\d+\]|\.[a-z_]+)+")
 
 
 def _body_field(field: str | None, n_edits: int) -> str | None:
@@ -51,10 +53,12 @@ async def submit_update(
     ]
     retain = [RetainSpec(r.prompt, r.target) for r in body.retain]
     options = UpdateOptions(**body.options.model_dump())
-    try:
+    try:  # texts, and every training sequence against the model's context length
         await run_in_threadpool(engine.validate_pieces, pieces, retain)
     except InvalidInput as exc:
-        raise InvalidInput(exc.message, field=_body_field(exc.field, len(body.edits))) from exc
+        n = len(body.edits)
+        message = _ENGINE_FIELD.sub(lambda m: _body_field(m.group(0), n) or "", exc.message)
+        raise InvalidInput(message, field=_body_field(exc.field, n)) from exc
     job = await run_in_threadpool(jobs.submit, "update", update_payload(pieces, retain, options))
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobAccepted(id=job.id, status="queued")
