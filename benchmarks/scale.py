@@ -151,7 +151,8 @@ def head_switch(args: argparse.Namespace) -> None:
              f"`{data['command']}`: {data['replicas']} API replicas (`loka serve --no-worker`) "
              f"and {data['workers']} workers (`loka worker`, one SIGKILLed mid-publish) on one "
              f"PostgreSQL, {data['updates']} updates posted round-robin; {data['cpu_count']} "
-             "CPU cores shared by every process. Delay = from a version's commit to the first "
+             "CPU cores shared by every process. Delay = from the version's `created_at` (taken in "
+             "its publishing transaction, just before the commit) to the first "
              f"`/v1/codebook` answer of a replica naming it (polled every "
              f"{data['poll_interval_ms']:.0f} ms, which bounds the resolution).", "",
              "| | versions seen | median (ms) | p95 (ms) | max (ms) |", "|---|---:|---:|---:|---:|",
