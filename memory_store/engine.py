@@ -27,11 +27,15 @@ from memory_store.codebook.live import LiveVersion, load_live
 from memory_store.codebook.store import Store
 from memory_store.config import LokaConfig
 from memory_store.errors import ConflictError, HeadMoved, InvalidInput, ModelMismatch, NotFound
+from memory_store.general_prompts import general_prompts, load_user_prompts, render
 from memory_store.ids import is_memory_id, is_piece_id
 from memory_store.keys import CALIBRATION_PROMPTS, KeyEncoder, key_centre
 from memory_store.lora.layer import inject
+from memory_store.models import resolve_model
 from memory_store.models.access import describe, fingerprint, load_model
-from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, ensure_default_model
+from memory_store.models.builtin import FACTS, GENERAL_PROMPTS
+from memory_store.models.chat import has_template, user_prompt
+from memory_store.models.smollm2 import cache_root
 from memory_store.serving.adapters import AdapterCache
 from memory_store.serving.batching import BatchGenerator
 from memory_store.serving.runtime import Score, ServingBatch, ServingRuntime, StreamChunk
@@ -80,7 +84,7 @@ class Loka:
                                   self._centre())
         self.adapters = AdapterCache(store.root, adapter_cache_size)
         self.serving = ServingRuntime(model, tokenizer, self.layout, self.encoder, self.adapters)
-        self.background = Background(background_prompts, self.encoder)
+        self.background = Background(background_prompts, self.encoder, cache_root() / "keys")
         lsh = pinned_lsh(store, config.mapping.lsh_bits, config.trainer.seed,
                          self.layout.hidden_size)
         self._update_context = UpdateContext(model, tokenizer, model_name, self.layout, config,
@@ -104,9 +108,10 @@ class Loka:
         ``threads`` sets torch's intra-op threads for the process; None picks 1 for models under
         50M parameters, where thread synchronisation costs more than it saves (a 20+20 update
         on the built-in model measured 5.7 s with 1 thread and 70 s with 2 on a loaded 2-core
-        machine), and leaves torch's default otherwise."""
-        if model is None:
-            model = ensure_default_model(progress=progress)
+        machine), and 1 on machines with at most 2 cores (SmolLM2-135M training steps on the
+        shared 2-core machine: 4 steps 27 s wall / 3.1 CPU s with 1 thread against 122 s /
+        26 CPU s with 2); torch's default otherwise."""
+        model = resolve_model(model, progress=progress)
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
         # the store first: a read-only, full or corrupted store fails before a long model load
@@ -118,7 +123,8 @@ class Loka:
         except BaseException:
             store.close()
             raise
-        if threads is None and hf_model.num_parameters() < SMALL_MODEL_PARAMS:
+        if threads is None and (hf_model.num_parameters() < SMALL_MODEL_PARAMS
+                                or (os.cpu_count() or 1) <= 2):
             threads = 1
         if threads is not None:
             torch.set_num_threads(threads)
@@ -132,6 +138,9 @@ class Loka:
                 f"store {store_dir} was created with model {store.get_meta('model_name')!r}, "
                 f"not {str(model)!r}", field="model")
         config = _merge_config(store, config)
+        if background_prompts is None:
+            background_prompts = general_background(
+                tokenizer, os.environ.get("LOKA_BACKGROUND_PROMPTS") or None)
         return cls(hf_model, tokenizer, str(model), store, config,
                    background_prompts or CALIBRATION_PROMPTS, adapter_cache_size)
 
@@ -420,6 +429,17 @@ def default_background() -> tuple[str, ...]:
     """Hard-negative prompts for the built-in model: the facts it knows, plus general text."""
     # one phrasing per fact: the other phrasings stay unseen, as paraphrases are in real use
     return tuple(f.prompts[0] for f in FACTS) + tuple(GENERAL_PROMPTS)
+
+
+def general_background(tokenizer, user_file: str | Path | None = None) -> tuple[str, ...]:
+    """Gate negatives and retention prompts for any model: the calibration prompts, the
+    shipped general set (``train`` split; chat-form prompts in the model's chat template) and
+    the user's own prompts (``LOKA_BACKGROUND_PROMPTS``)."""
+    chat = (lambda text: user_prompt(tokenizer, text)) if has_template(tokenizer) else None
+    prompts = [*CALIBRATION_PROMPTS, *render(general_prompts("train"), chat)]
+    if user_file is not None:
+        prompts += load_user_prompts(user_file)
+    return tuple(dict.fromkeys(prompts))
 
 
 def _is_default_model(model: str | Path) -> bool:

@@ -9,6 +9,7 @@ blocks below the key layer: a pre-hook stops the forward there.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memory_store.models.access import ModelLayout, get_module
+from memory_store.models.access import ModelLayout, fingerprint, get_module
 
 
 class _Stop(Exception):
@@ -98,6 +99,10 @@ def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence
              pooling: str = "mean", batch_size: int = 64) -> torch.Tensor:
     """(N, d) pooled hidden states at the key layer, before centring."""
     install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
+    # batches of similar lengths pad little (chat-template prompts are several times longer
+    # than completion prompts); the keys come back in the callers' order
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    prompts = [prompts[i] for i in order]
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_batch(model, tokenizer, prompts[start : start + batch_size])
@@ -112,7 +117,8 @@ def raw_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence
         out.append(pool(captured[0], batch["attention_mask"], pooling).cpu())
     if not out:
         return torch.zeros(0, layout.hidden_size)
-    return torch.cat(out)
+    keys = torch.cat(out)
+    return keys[torch.argsort(torch.tensor(order))]
 
 
 def compute_keys(model: nn.Module, tokenizer, layout: ModelLayout, prompts: Sequence[str],
@@ -154,6 +160,13 @@ class KeyEncoder:
         """(N, d) float32 unit keys of ``prompts``."""
         return compute_keys(self.model, self.tokenizer, self.layout, list(prompts), self.centre,
                             self.pooling)
+
+    def identity(self) -> str:
+        """What the keys depend on: the model's weights (its fingerprint), the key layer and
+        pooling, and the key centre. Equal identities give equal keys."""
+        centre = hashlib.sha256(self.centre.float().numpy().tobytes()).hexdigest()
+        return (f"{fingerprint(self.model)}|{self.layout.key_layer}|{self.pooling}|"
+                f"{centre}")
 
     def unit(self, raw: torch.Tensor) -> np.ndarray:
         """(N, d) raw pooled keys (as the routing hook sees them) -> (N, d) unit keys."""

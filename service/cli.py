@@ -51,12 +51,18 @@ def _open(args: argparse.Namespace, progress: bool = True):
 
 def cmd_model(args: argparse.Namespace) -> int:
     from memory_store.models.builtin import default_model_info, ensure_default_model
+    from memory_store.models.smollm2 import ensure_smollm2, smollm2_info
 
-    if args.action == "build":
-        path = ensure_default_model(progress=True)
-        _emit(default_model_info(path))
+    if args.path:
+        _emit(default_model_info(Path(args.path)))
+    elif args.tiny:
+        if args.action == "build":
+            ensure_default_model(progress=True)
+        _emit(default_model_info(None))
     else:
-        _emit(default_model_info(Path(args.path) if args.path else None))
+        if args.action == "build":
+            ensure_smollm2(fetch=True, progress=True)
+        _emit(smollm2_info())
     return 0
 
 
@@ -172,7 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help="store directory (default: %(default)s)")
     p.add_argument("--model", default=os.environ.get("LOKA_MODEL") or None,
-                   help="HF model directory or hub id (default: the built-in model)")
+                   help="smollm2 (the default), tiny, or a HF model directory or hub id")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
 
@@ -181,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("model", help="the built-in default model")
+    p = sub.add_parser("model", help="the built-in default model (SmolLM2-135M-Instruct)")
     p.add_argument("action", choices=["build", "info"])
-    p.add_argument("--path", help="model directory to describe (info)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the small local GPT-2 of the tests instead (LOKA_MODEL=tiny)")
+    p.add_argument("--path", help="a tiny-model directory to describe (info)")
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("update", help="apply a JSONL file of edits/unlearning requests")

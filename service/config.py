@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOKA_", extra="ignore", frozen=True)
 
     # -- model and store --------------------------------------------------------------------
-    # path or hub id of a causal LM; None = the built-in default model
+    # "smollm2" (= None, the built-in SmolLM2-135M-Instruct), "tiny" (the small GPT-2 of the
+    # tests), or the path or hub id of a causal LM
     model: str | None = None
     store_dir: Path = Path("data/store")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

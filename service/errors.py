@@ -24,8 +24,10 @@ from memory_store.errors import (
     LokaError,
     ModelMismatch,
     NotFound,
+    NotReached,
     StoreError,
 )
+from memory_store.models.smollm2 import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ ENGINE_STATUS: tuple[tuple[type[LokaError], int], ...] = (
     (ConflictError, 409),
     (ModelMismatch, 409),
     (Cancelled, 409),
+    (NotReached, 422),
     (StoreError, 500),
+    (ModelUnavailable, 503),
 )
 
 _HTTP_TYPES = {

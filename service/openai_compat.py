@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from memory_store.models.chat import render_turns
 from memory_store.types import GenerationResult
 from service.errors import invalid
 from service.schemas import Seed
@@ -34,12 +35,6 @@ from service.schemas import Seed
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 128
 MODELS = {"loka": "auto", "base": "none"}  # model name -> memory selection
-
-_ROLE_NAMES = {
-    "system": "System", "developer": "System", "user": "User", "assistant": "Assistant",
-    "tool": "Tool",
-}
-
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -165,13 +160,10 @@ class ChatRequest(_OpenAIRequest):
 def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
     """The prompt of a conversation: the tokenizer's chat template, else "Role: text" lines."""
     turns = [{"role": m.role, "content": m.text()} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # jinja errors: the template rejects this conversation
-            raise invalid("messages", f"the model's chat template rejects them: {exc}") from exc
-    lines = [f"{_ROLE_NAMES[t['role']]}: {t['content']}" for t in turns]
-    return "\n".join(lines) + "\nAssistant:"
+    try:
+        return render_turns(tokenizer, turns)
+    except Exception as exc:  # jinja errors: the template rejects this conversation
+        raise invalid("messages", f"the model's chat template rejects them: {exc}") from exc
 
 
 def new_id(prefix: str) -> str:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from memory_store.codebook.live import LiveVersion
 from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
 from memory_store.config import LokaConfig
-from memory_store.errors import Cancelled
+from memory_store.errors import Cancelled, NotReached
+from memory_store.files import write_atomically
 from memory_store.ids import id_number, memory_id, piece_id
 from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
@@ -30,6 +33,7 @@ from memory_store.routing.router import Router
 from memory_store.types import (
     CancelCheck,
     ConflictDecision,
+    PieceCheck,
     PieceKind,
     PieceSpec,
     ProgressCallback,
@@ -41,24 +45,64 @@ from memory_store.types import (
 from memory_store.update import conflict
 from memory_store.update.mapping import Group, LshTable, capacity_kmeans, join_existing
 from memory_store.update.supersede import deduplicate, norm_prompt, superseded
-from memory_store.update.trainer import MemoryTask, train_memory
+from memory_store.update.trainer import MemoryTask, PairCheck, train_memory
 
 logger = logging.getLogger(__name__)
 
 
 class Background:
-    """Hard-negative prompts (the base model's own knowledge, general text) and their keys,
-    computed on first use."""
+    """Hard-negative prompts (general text, the base model's own knowledge) and their keys,
+    computed on first use. With ``cache_dir`` the keys are kept in a file named by the hash of
+    the prompts and the encoder (model, key layer, key centre), so a large general set is
+    encoded once per model and machine, not at every start."""
 
-    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder) -> None:
+    def __init__(self, prompts: Sequence[str], encoder: KeyEncoder,
+                 cache_dir: Path | None = None) -> None:
         self.prompts = tuple(dict.fromkeys(prompts))
         self._encoder = encoder
+        self._cache_dir = cache_dir
         self._keys: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _cache_file(self) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        h = hashlib.sha256()
+        h.update(self._encoder.identity().encode())
+        for p in self.prompts:
+            h.update(p.encode("utf-8", "surrogatepass") + b"\0")
+        return self._cache_dir / f"background-{h.hexdigest()[:32]}.npy"
 
     def keys(self) -> np.ndarray:
-        if self._keys is None:
-            self._keys = self._encoder.keys(self.prompts)
-        return self._keys
+        with self._lock:
+            if self._keys is None:
+                self._keys = self._load_or_compute()
+            return self._keys
+
+    def _load_or_compute(self) -> np.ndarray:
+        path = self._cache_file()
+        if path is not None and path.is_file():
+            try:
+                keys = np.load(path, allow_pickle=False)
+                if keys.shape[0] == len(self.prompts):
+                    return keys
+            except (OSError, ValueError) as exc:  # a damaged cache file: compute again
+                logger.warning("ignoring background key cache %s (%s)", path, exc)
+        if len(self.prompts) > 200:
+            logger.info("encoding %d background prompts (once per model)", len(self.prompts))
+        keys = self._encoder.keys(self.prompts)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, lambda tmp: _save_npy(tmp, keys))
+            except OSError as exc:  # a read-only or full store still serves
+                logger.warning("could not cache background keys in %s (%s)", path, exc)
+        return keys
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 @dataclass
@@ -106,7 +150,7 @@ class Updater:
         self.snap = snapshot
         overrides = {}
         if options is not None:
-            for name in ("unlearn_loss", "steps", "learning_rate", "seed"):
+            for name in ("unlearn_loss", "steps", "learning_rate", "seed", "max_steps"):
                 value = getattr(options, name)
                 if value is not None:
                     overrides[name] = value
@@ -124,13 +168,18 @@ class Updater:
         self.pieces_removed: list[str] = []
         self.decisions: dict[str, ConflictDecision] = {}
         self.update_retain: list[tuple[str, str]] = []
+        self.require_reached = bool(options is not None and options.require_reached)
+        self.checks: dict[str, PieceCheck] = {}
+        self.stage_seconds: dict[str, float] = {}
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------ entry points
     def apply(self, specs: Sequence[PieceSpec], retain: Sequence[RetainSpec]) -> UpdateResult:
         self.progress("keys", 0, 1)
+        t0 = time.perf_counter()
         texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
         all_keys = self.ctx.encoder.keys(texts + [r.prompt for r in retain])
+        self._timed("keys", t0)
         piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
         self._add_retain(retain, retain_keys)
         self.progress("keys", 1, 1)
@@ -231,7 +280,9 @@ class Updater:
                 out.append(g)
                 continue
             self.progress("conflict", len(out), len(groups))
+            t0 = time.perf_counter()
             decision = self._conflict(g)
+            self._timed("conflict", t0)
             if decision.decision == "split":
                 edits = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.EDIT]
                 unlearns = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.UNLEARN]
@@ -335,7 +386,9 @@ class Updater:
         for pid in g.piece_ids:
             self._assign(pid, g.memory_id)
         seed = self.trainer.seed * 1_000_003 + id_number(g.memory_id)
+        t0 = time.perf_counter()
         task = self._task(g)
+        self._timed("retain_select", t0)
         # the same memory with the same task on a re-plan: the adapter trained before serves
         digest_key = (g.memory_id, hashlib.sha256(repr(
             (task, g.multitask, g.kind, seed, self.trainer)).encode()).hexdigest())
@@ -348,6 +401,10 @@ class Updater:
                                           seed=seed, progress=progress,
                                           should_cancel=self.should_cancel)
             self.retry.trained[digest_key] = (weights, stats)
+            for name, sec in stats.seconds.items():
+                key = f"train_{name}"
+                self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + sec
+        self._record_checks(g, stats.checks, stats.steps)
         if not stats.converged:
             logger.warning("memory %s did not reach its targets in %d steps", g.memory_id,
                            stats.steps)
@@ -367,10 +424,45 @@ class Updater:
         if g.conflict is not None:
             self.decisions[g.memory_id] = g.conflict
 
+    def _timed(self, stage: str, since: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + (
+            time.perf_counter() - since)
+
+    def _record_checks(self, g: Group, checks: list[PairCheck], steps: int) -> None:
+        """One ``PieceCheck`` per piece of the memory from its pairs' greedy checks."""
+        by_pair: dict[tuple[str, str, str], bool] = {}
+        for c in checks:
+            by_pair[(c.kind, c.prompt, c.target)] = (
+                by_pair.get((c.kind, c.prompt, c.target), True) and c.reached)
+        for pid in g.piece_ids:
+            p = self.pieces[pid]
+            kind = str(p.kind)
+            prompts = {q: by_pair.get((kind, q, p.target), True)
+                       for q in (p.prompt, *p.paraphrases)}
+            missed = [i for i, ok in enumerate(prompts.values()) if not ok]
+            if not missed:
+                reason = ""
+            elif p.kind == PieceKind.EDIT:
+                reason = (f"greedy output does not start with the target on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            else:
+                reason = (f"greedy output still holds the unlearned answer on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            self.checks[pid] = PieceCheck(pid, p.kind, not missed, prompts, reason, steps)
+
     # ------------------------------------------------------------------ router and publish
     def _publish(self, reason: str) -> UpdateResult:
         """Write the index and gate files (named by content), then publish on the base version
-        (``HeadMoved`` if another writer published meanwhile: the caller re-plans)."""
+        (``HeadMoved`` if another writer published meanwhile: the caller re-plans). With
+        ``require_reached``, a piece that did not take fails the update (``NotReached``)."""
+        failed = [c for c in self.checks.values() if not c.reached]
+        if failed and self.require_reached:
+            raise NotReached(f"{len(failed)} of {len(self.checks)} pieces did not take "
+                             f"(first: {failed[0].piece_id}: {failed[0].reason}); nothing was "
+                             "published", checks=tuple(failed), field="pieces")
+        for c in failed:
+            logger.warning("piece %s not reached: %s", c.piece_id, c.reason)
+        t0 = time.perf_counter()
         store = self.ctx.store
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
@@ -378,7 +470,11 @@ class Updater:
         if mems:
             index = self._index(mems)
             index_file = store.put_file("index", "faiss", index.save)
+            self._timed("index", t0)
+            t1 = time.perf_counter()
             gate = self._train_gate(index)
+            self._timed("gate", t1)
+            t0 = time.perf_counter()
             if gate is not None:
                 gate_file = store.put_file("gate", "safetensors",
                                            lambda path: save_gate(gate, path))
@@ -386,10 +482,12 @@ class Updater:
             raise Cancelled("update cancelled")
         self.progress("publish", 0, 1)
         updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
+        checks = tuple(self.checks[p] for p in sorted(self.checks) if p in self.pieces)
+        stages = {k: round(v, 3) for k, v in self.stage_seconds.items()}
         result = UpdateResult(0, tuple(self.created), tuple(updated),
                               tuple(self.removed_memories), tuple(self.pieces_added),
                               tuple(self.pieces_removed), dict(self.decisions),
-                              time.perf_counter() - self.started)
+                              time.perf_counter() - self.started, checks, stages)
         on_publish = self.on_publish
 
         def extra(version: int):
@@ -398,6 +496,8 @@ class Updater:
         version = store.publish(self.snap.version, mems, self.pieces.values(), self.retain,
                                 gate_file=gate_file, index_file=index_file, reason=reason,
                                 extra_sql=extra)
+        self._timed("publish", t0)
+        stages["publish"] = round(self.stage_seconds["publish"], 3)
         self.published = self._live_after(version, index, gate, gate_file, index_file)
         self.progress("publish", 1, 1)
         return replace(result, codebook_version=version)

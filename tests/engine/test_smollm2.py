@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from memory_store import smollm2
 from memory_store.smollm2 import (
     GGUF_SHA256,
     MANIFEST,
@@ -31,6 +28,9 @@ from memory_store.smollm2 import (
     smollm2_path,
     verify_smollm2,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from memory_store.models import smollm2
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ def test_a_corrupted_cached_gguf_is_discarded(tmp_path: Path, no_override: None)
 
 _CHILD = """
 import json, sys
-from memory_store import smollm2
+from memory_store.models import smollm2
 path = smollm2.ensure_smollm2(sys.argv[1], fetch=True)
 print(json.dumps({"path": str(path), "conversions": smollm2.conversion_count}))
 """
