@@ -114,6 +114,9 @@ class RouterSettings(_Strict):
     exclude_similarity: float = Field(0.9, ge=-1.0, le=1.01)
     hidden: int = Field(64, ge=1, le=4096)
     epochs: int = Field(300, ge=1, le=100_000)
+    # an update retrains the gate on its own new keys plus a seeded sample of at most this many
+    # stored keys (and of stored retain prompts): its cost stays flat as the codebook grows
+    max_gate_keys: int = Field(1_024, ge=1, le=10_000_000)
     learning_rate: float = Field(1e-2, gt=0)
     seed: int = 0
     enabled: bool = True  # False: route every prompt to its nearest memory (ablation)

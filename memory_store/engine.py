@@ -379,20 +379,25 @@ class Loka:
         for attempt in range(MAX_REPLANS):
             with self._write_lock:
                 self.refresh()
-                plan = Updater(self._update_context, self._live.snapshot, options, progress,
-                               should_cancel, on_publish, retry=retry)
+                live = self._live
+                plan = Updater(self._update_context, live.snapshot, options, progress,
+                               should_cancel, on_publish, retry=retry, base=live)
                 try:
                     result = change(plan)
                 except HeadMoved as moved:
                     logger.info("%s; re-planning on the new head (attempt %d)", moved.message,
                                 attempt + 2)
                     continue
-                return self._commit(result)
+                return self._commit(result, plan.published)
         raise ConflictError(f"the codebook head kept moving; change not published after "
                             f"{MAX_REPLANS} attempts")
 
-    def _commit(self, result: UpdateResult) -> UpdateResult:
-        self._set_live(self._load(result.codebook_version))
+    def _commit(self, result: UpdateResult, published: LiveVersion | None) -> UpdateResult:
+        """Serve the version just published: the one the change built in memory (its records,
+        index and gate: no reload of the whole codebook), else loaded from the store."""
+        if published is None or published.version != result.codebook_version:
+            published = self._load(result.codebook_version)
+        self._set_live(published)
         logger.info("published codebook version %d (%d memories)", result.codebook_version,
                     len(self._live.snapshot.memories))
         return result

@@ -225,7 +225,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["update", "delete_piece"]
+    kind: Literal["update", "delete_piece", "delete_memory", "rollback"]
     status: JobStatus
     progress: JobProgress
     result: ChangeResult | None

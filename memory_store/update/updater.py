@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memory_store.codebook.live import LiveVersion
 from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
 from memory_store.config import LokaConfig
 from memory_store.errors import Cancelled, NotReached
@@ -28,7 +29,8 @@ from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
 from memory_store.models.access import ModelLayout
 from memory_store.routing.gate import Gate, save_gate, train_gate
-from memory_store.routing.index import KeyIndex, retrieval_index
+from memory_store.routing.index import KeyIndex, index_kind, retrieval_index, retrieval_rows
+from memory_store.routing.router import Router
 from memory_store.types import (
     CancelCheck,
     ConflictDecision,
@@ -138,8 +140,12 @@ class Updater:
     def __init__(self, ctx: UpdateContext, snapshot: Snapshot, options: UpdateOptions | None,
                  progress: ProgressCallback | None, should_cancel: CancelCheck | None,
                  on_publish: PublishRecord | None = None,
-                 retry: RetryContext | None = None) -> None:
+                 retry: RetryContext | None = None, base: LiveVersion | None = None) -> None:
         self.ctx = ctx
+        # the loaded version ``snapshot`` is: its index is extended rather than rebuilt
+        self.base = base if base is not None and base.version == snapshot.version else None
+        # the version this change published, built from what it holds (no reload)
+        self.published: LiveVersion | None = None
         self.retry = retry or RetryContext()
         self.cfg = ctx.config
         self.snap = snapshot
@@ -255,7 +261,10 @@ class Updater:
     def _map(self, new_ids: list[str]) -> list[Group]:
         """LSH join into existing memories with room; the rest by capacity-bounded k-means."""
         m = self.cfg.mapping
-        counts = {mid: len(self._members(mid)) for mid in self.memories}
+        counts = dict.fromkeys(self.memories, 0)  # one pass: not one scan per memory
+        for piece in self.pieces.values():
+            if piece.memory_id in counts:
+                counts[piece.memory_id] += 1
         prompt_keys = np.stack([self.pieces[p].keys[0] for p in new_ids])
         joined, rest = join_existing(new_ids, prompt_keys, self.memories, counts, self.ctx.lsh,
                                      m)
@@ -483,9 +492,9 @@ class Updater:
         store = self.ctx.store
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
+        index, gate = None, None
         if mems:
-            index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
-                                    self.cfg.index, self.ctx.layout.hidden_size)
+            index = self._index(mems)
             index_file = store.put_file("index", "faiss", index.save)
             self._timed("index", t0)
             t1 = time.perf_counter()
@@ -515,14 +524,82 @@ class Updater:
                                 extra_sql=extra)
         self._timed("publish", t0)
         stages["publish"] = round(self.stage_seconds["publish"], 3)
+        self.published = self._live_after(version, index, gate, gate_file, index_file)
         self.progress("publish", 1, 1)
         return replace(result, codebook_version=version)
+
+    def _index(self, mems: list[MemoryRecord]) -> KeyIndex:
+        """The routing index of the new version: the base version's with the new pieces'
+        keys appended when the change only adds pieces whose ids sort after every stored one
+        (rows stay in the canonical order of ``retrieval_rows``); else rebuilt."""
+        dim = self.ctx.layout.hidden_size
+        base, new = self.base, self.pieces_added
+        if (base is not None and self.cfg.router.retrieval == "piece" and new
+                and not self.pieces_removed and not self.removed_memories
+                and len(base.router.index) == sum(len(p.keys) for p in self.snap.pieces.values())
+                and all(self.pieces[p].memory_id == q.memory_id
+                        for p, q in self.snap.pieces.items())
+                and (not self.snap.pieces or min(new) > max(self.snap.pieces))):
+            ids, keys = retrieval_rows((), [self.pieces[p] for p in new], "piece", dim)
+            total = len(base.router.index) + len(ids)
+            if index_kind(self.cfg.index, total) == base.router.index.kind:
+                return base.router.index.extended(keys, ids)
+        return retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
+                               self.cfg.index, dim)
+
+    def _live_after(self, version: int, index: KeyIndex | None, gate: Gate | None,
+                    gate_file: str | None, index_file: str | None) -> LiveVersion:
+        """The published version as a reader would load it, from the records in hand: rows
+        unchanged since the base keep their ``added_in``, new ones carry ``version``."""
+        old_mems, old_pieces = self.snap.memories, self.snap.pieces
+        mems = {}
+        for mid in sorted(self.memories):
+            m = self.memories[mid]
+            was = old_mems.get(mid)
+            mems[mid] = was if was is not None and was.content_hash == m.content_hash \
+                else replace(m, added_in=version)
+        pieces = {}
+        for pid in sorted(self.pieces):
+            p = self.pieces[pid]
+            was = old_pieces.get(pid)
+            pieces[pid] = was if was is not None and was.memory_id == p.memory_id \
+                else replace(p, added_in=version)
+        old_retain = {(r.prompt, r.target): r for r in self.snap.retain}
+        retain = tuple(old_retain.get((r.prompt, r.target)) or replace(r, added_in=version)
+                       for r in self.retain)
+        snap = Snapshot(version, mems, pieces, retain, gate_file, index_file)
+        if index is None:
+            index = KeyIndex(np.zeros((0, self.ctx.layout.hidden_size), np.float32), [],
+                             self.cfg.index)
+        return LiveVersion(snap, Router(index, gate if self.cfg.router.enabled else None,
+                                        self.cfg.router))
+
+    def _gate_positives(self) -> np.ndarray:
+        """The gate's positive keys: every key of the pieces this change added or moved, plus
+        at most ``router.max_gate_keys`` of the other stored keys (a seeded sample), so that
+        retraining costs the same on a codebook of any size."""
+        fresh, old = [], []
+        for pid, p in self.pieces.items():
+            was = self.snap.pieces.get(pid)
+            (old if was is not None and was.memory_id == p.memory_id else fresh).append(p.keys)
+        limit = self.cfg.router.max_gate_keys
+        old_keys = np.concatenate(old) if old else None
+        if old_keys is not None and len(old_keys) > limit:
+            rng = np.random.default_rng(self.cfg.router.seed + len(old_keys))
+            old_keys = old_keys[np.sort(rng.choice(len(old_keys), limit, replace=False))]
+        parts = fresh + ([old_keys] if old_keys is not None else [])
+        return np.concatenate(parts)
 
     def _train_gate(self, index: KeyIndex) -> Gate | None:
         if not self.cfg.router.enabled:
             return None
-        pos = np.concatenate([p.keys for p in self.pieces.values()])
-        negs = [r.key for r in self.retain] + [k for _, k in self._background_negatives()]
+        pos = self._gate_positives()
+        retain = [r.key for r in self.retain]
+        limit = self.cfg.router.max_gate_keys
+        if len(retain) > limit:  # the stored retain prompts, sampled as the old keys are
+            rng = np.random.default_rng(self.cfg.router.seed + len(retain))
+            retain = [retain[i] for i in sorted(rng.choice(len(retain), limit, replace=False))]
+        negs = retain + [k for _, k in self._background_negatives()]
         neg = np.stack(negs) if negs else np.zeros((0, pos.shape[1]), np.float32)
         if self.cfg.router.retrieval == "piece" and len(index) > 1:
             # leave-one-out: a stored key finds itself at similarity 1; an unseen paraphrase
