@@ -57,13 +57,22 @@ def run(model: str, setting: str, facts: list[dict]) -> dict:
         same = [t.replace("{s}", r["subject"]) for r in edits + unlearns for t in SAME_SUBJECT]
         stored = [q for p in pieces for q in (p.prompt, *p.paraphrases)]
 
-        def routed(prompts: list[str]) -> float:
-            return sum(r.memory_id is not None for r in loka.route(prompts)) / len(prompts)
+        threshold = loka.config.router.threshold
 
+        def rates(prompts: list[str]) -> tuple[float, float]:
+            """(share routed to a memory, share whose gate score alone passes the threshold;
+            routing also needs the similarity floor ``router.min_similarity``)"""
+            routes = loka.route(prompts)
+            return (sum(r.memory_id is not None for r in routes) / len(routes),
+                    sum((r.gate or 0.0) >= threshold for r in routes) / len(routes))
+
+        (g_fp, g_gate), (s_fp, s_gate), (st, st_gate) = (rates(heldout), rates(same),
+                                                          rates(stored))
         out = {"setting": setting, "update_seconds": round(seconds, 1),
-               "heldout_general_fp": routed(heldout), "n_heldout_general": len(heldout),
-               "same_subject_fp": routed(same), "n_same_subject": len(same),
-               "stored_routed": routed(stored), "n_stored": len(stored)}
+               "heldout_general_fp": g_fp, "heldout_general_gate_fp": g_gate,
+               "n_heldout_general": len(heldout),
+               "same_subject_fp": s_fp, "same_subject_gate_fp": s_gate, "n_same_subject": len(same),
+               "stored_routed": st, "stored_gate": st_gate, "n_stored": len(stored)}
         loka.close()
     logger.info("%s", out)
     return out
@@ -74,15 +83,18 @@ def write(rows: list[dict], out: Path, command: str) -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Gate false positives on SmolLM2-135M-Instruct", "", f"`{command}`", "",
              "One update of 10 edits + 10 unlearning requests per setting (CounterFact facts the "
-             "base knows). Share of prompts the gate sends to a memory:", "",
+             "base knows). Each cell: share of prompts routed to a memory / share whose gate "
+             "score alone passes the threshold (routing also needs similarity >= "
+             "`router.min_similarity`).", "",
              "| setting | held-out general prompts (FP) | same-subject prompts (FP) | "
              "stored prompts + rephrases (should be 1) | update s |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['heldout_general_fp']:.3f} "
-                     f"(n={r['n_heldout_general']}) | {r['same_subject_fp']:.3f} "
-                     f"(n={r['n_same_subject']}) | {r['stored_routed']:.3f} (n={r['n_stored']}) "
-                     f"| {r['update_seconds']} |")
+        lines.append(f"| {r['setting']} | {r['heldout_general_fp']:.3f} / "
+                     f"{r['heldout_general_gate_fp']:.3f} (n={r['n_heldout_general']}) | "
+                     f"{r['same_subject_fp']:.3f} / {r['same_subject_gate_fp']:.3f} "
+                     f"(n={r['n_same_subject']}) | {r['stored_routed']:.3f} / "
+                     f"{r['stored_gate']:.3f} (n={r['n_stored']}) | {r['update_seconds']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from benchmarks.protocol import BaseCorpus, Pair, Suite
+from memory_store.files import file_lock
 from memory_store.models.builtin.builder import cache_root
 from memory_store.models.builtin.training import (
     Schedule,
     bpe_tokenizer,
     encode,
-    file_lock,
     new_gpt2,
     score_pairs,
     train_until,

@@ -29,7 +29,9 @@ from memory_store.types import GenerationRequest, PieceKind, PieceSpec, UpdateOp
 
 logger = logging.getLogger(__name__)
 
-COUNTERFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact.jsonl"
+# ../shared/data beside the checkout
+COUNTERFACT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact"
+               / "counterfact.jsonl")
 
 
 def _gen(loka: Loka, prompts: list[str], n: int, memory: str = "auto", temperature: float = 0.0,

@@ -3,9 +3,11 @@ crash once written (temp file, fsync, rename, fsync of the folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -44,3 +46,14 @@ def save_safetensors(tensors: dict, path: Path) -> None:
             raise
         code = errno.ENOSPC if "No space left" in message else errno.EIO
         raise OSError(code, f"{os.strerror(code)}: {path}") from exc
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path | str) -> Iterator[None]:
+    """Exclusive advisory lock across processes; blocks until it is free."""
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -7,10 +7,11 @@ naming the field when the service starts.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -115,3 +116,17 @@ class Settings(BaseSettings):
         ):
             raise ValueError("api_token: must differ from admin_token")
         return self
+
+
+def load_settings(log: logging.Logger) -> Settings | None:
+    """The settings from the environment, or None after logging each invalid variable (without
+    its value: it may hold a token)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        log.error("invalid settings (LOKA_* environment variables):\n%s", problems)
+        return None

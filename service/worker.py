@@ -13,9 +13,7 @@ import signal
 import sys
 import threading
 
-from pydantic import ValidationError
-
-from service.config import Settings
+from service.config import load_settings
 
 logger = logging.getLogger("service.worker")
 
@@ -25,14 +23,8 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-        logger.error("invalid settings (LOKA_* environment variables):\n%s", problems)
+    settings = load_settings(logger)
+    if settings is None:
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     stop = threading.Event()

@@ -25,7 +25,6 @@ converted folder is missing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_store.errors import LokaError
+from memory_store.files import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -142,17 +142,6 @@ def verify_smollm2(path: Path | str) -> None:
             raise ModelUnavailable(
                 f"{path / name} does not match its sha256 in {MANIFEST}; delete {path} and "
                 "run `loka model build`")
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive advisory lock across processes; blocks until it is free."""
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _unavailable(reason: str) -> ModelUnavailable:
@@ -387,7 +376,7 @@ def ensure_smollm2(cache_dir: Path | str | None = None, *, fetch: bool = True,
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _unavailable(f"cannot create {models_dir}: {exc}") from exc
-    with _file_lock(models_dir / f".{DIR_NAME}.lock"):
+    with file_lock(models_dir / f".{DIR_NAME}.lock"):
         if _is_complete(path):
             logger.info("%s was converted by another process: %s", MODEL_NAME, path)
             return path

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from memory_store.files import file_lock
 from memory_store.models.builtin.corpus import FACTS, GENERAL_PROMPTS, GENERAL_TARGETS, GENERAL_TEXT
 from memory_store.models.builtin.training import (
     EOS_TOKEN,
     Schedule,
     bpe_tokenizer,
     encode,
-    file_lock,
     new_gpt2,
     score_pairs,
     train_until,

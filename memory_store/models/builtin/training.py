@@ -10,7 +10,6 @@ machine's load).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import random
 import time
@@ -48,17 +47,6 @@ class Schedule:
             return (step + 1) / self.warmup_steps
         return max(0.1, 1.0 - 0.9 * (step - self.warmup_steps) /
                    max(1, self.max_steps - self.warmup_steps))
-
-
-@contextlib.contextmanager
-def file_lock(lock_path) -> Iterator[None]:
-    """Exclusive advisory lock across processes; blocks until it is free."""
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def bpe_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int,
