@@ -79,8 +79,9 @@ def test_rows_joining_a_running_batch(codebook: Codebook) -> None:
             wave = waves.pop(0)
             batch.add(wave, list(range(tag, tag + len(wave))))
             tag += len(wave)
-        for t, result in batch.step():
-            results[t] = result
+        for update in batch.step():
+            assert update.text == ""  # no streamed rows here
+            results[update.tag] = update.result
         steps += 1
     assert sorted(results) == list(range(len(reqs)))
     for i, req in enumerate(reqs):
