@@ -105,6 +105,10 @@ class Metrics:
             "loka_decode_steps", "decoding steps of the running batch by its rows: all "
             '"plain" (not streamed), all "streamed", or "mixed"', ["rows"], registry=r,
         )
+        self.streams_cancelled = Counter(
+            "loka_streams_cancelled", "streams whose client went away before they finished "
+            "(their rows left the running batch)", registry=r,
+        )
         self.jobs_finished = Counter(
             "loka_jobs_finished", "finished jobs", ["kind", "status"], registry=r
         )

@@ -245,6 +245,7 @@ class GenerationScheduler:
         away); hand the streams their new text and answer the requests that finished."""
         for item in batch.drop(lambda item: item.cancelled):
             logger.debug("a stream's consumer went away; its row left the batch")
+            self._metrics.streams_cancelled.inc()
             _resolve(item, None, None)
         if not len(batch):
             return

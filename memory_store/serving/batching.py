@@ -142,7 +142,10 @@ class _Rows:
             self.plans, self.outs, self.gens, self.tags, self.next_ids = [], [], [], [], []
             return
         sel = torch.tensor(idx, dtype=torch.long, device=self.mask.device)
-        for name in ("plans", "outs", "gens", "tags", "next_ids"):
+        # next_ids are those of the last pick; between steps (a row dropped) they are stale
+        picked = len(self.next_ids) == len(self.plans)
+        self.next_ids = [self.next_ids[i] for i in idx] if picked else []
+        for name in ("plans", "outs", "gens", "tags"):
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in idx])
         self.state = self.state.select(idx)
