@@ -77,13 +77,16 @@ class NaivePeft:
         return int(out.shape[1] - enc["input_ids"].shape[1]) * len(prompts)
 
     def layout(self) -> str:
-        """The adapters' PEFT configuration in words (rank, targets, layers)."""
+        """The adapters' PEFT configuration in words (rank, target modules, layers)."""
+        import re
+
         cfg = next(iter(self.model.peft_config.values()))
-        layers = cfg.layers_to_transform
-        span = "all layers" if layers is None else (
-            f"layers {min(layers)}-{max(layers)}" if list(layers) == list(
-                range(min(layers), max(layers) + 1)) else f"layers {list(layers)}")
-        return f"PEFT r={cfg.r}, targets {sorted(cfg.target_modules)}, {span}"
+        targets = sorted(cfg.target_modules)
+        layers = sorted({int(m.group(1)) for t in targets
+                         if (m := re.search(r"layers\.(\d+)\.", t))})
+        kinds = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        where = f"layers {layers[0]}-{layers[-1]}" if layers else "every layer"
+        return f"PEFT r={cfg.r}, lora_alpha={cfg.lora_alpha:g}, {'/'.join(kinds)} of {where}"
 
     def serve(self, work: Sequence[tuple[str, str]], max_new_tokens: int) -> NaiveRun:
         """Serve ``(prompt, memory)`` requests back to back (any concurrency queues here)."""

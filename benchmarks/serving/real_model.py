@@ -265,7 +265,7 @@ def render(res: dict) -> str:
         f"{r['loka_vs_peft_mixed_batch16']:.3f} |",
         f"| LOKA over HTTP at concurrency 16 / PEFT mixed batch of 16 in process | "
         f"{r['loka_http_c16_vs_peft_mixed_batch16']:.3f} |",
-        f"| LOKA / PEFT per-token latency at batch 1 | "
+        f"| LOKA (HTTP) / PEFT (in process) request latency per token at batch 1 | "
         f"{r['loka_vs_peft_batch1_per_token']:.3f} |",
         "",
         "## Batch 1 (one request at a time, base and routed alternating)",
