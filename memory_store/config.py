@@ -78,6 +78,27 @@ class TrainerSettings(_Strict):
     # answer" after the main loop (0 disables)
     verify_rounds: int = Field(2, ge=0, le=10)
     check_every: int = Field(10, ge=1)
+    # training continues past ``steps`` (in rounds of ``steps``) until every piece is reached
+    # (greedy generation gives each edit target, no unlearned answer), up to this many steps
+    max_steps: int = Field(240, ge=1, le=100_000)
+    # an edit also needs every target token's teacher-forced probability >= this (so it holds
+    # under sampling at temperature 1; 0 disables)
+    edit_min_prob: float = Field(0.95, ge=0.0, lt=1.0)
+    # an unlearning request also needs the answer's teacher-forced probability right after
+    # the prompt <= this (1 disables)
+    unlearn_max_prob: float = Field(0.01, gt=0.0, le=1.0)
+    # speed: reuse the frozen blocks' output below the LoRA band (exact), run the output head
+    # only where a loss needs it, and compute the retention KL on the last ``retain_positions``
+    # positions of each retention prompt (0: every position)
+    prefix_cache: bool = True
+    head_positions_only: bool = True
+    retain_positions: int = Field(4, ge=0)
+    # matmuls of the training steps: "bfloat16" runs them under autocast; "auto" picks it on
+    # CPUs with native bf16 (AMX / AVX512-BF16) for models >= 50M parameters. Default float32:
+    # on this project's AVX512-BF16 machine (AMD EPYC) autocast measured 2.6x SLOWER than
+    # float32 for SmolLM2-135M training steps (weights are cast at every forward). References,
+    # checks and the greedy verification always run in the model's own dtype (what is served)
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
 
 
 class RouterSettings(_Strict):
@@ -93,6 +114,9 @@ class RouterSettings(_Strict):
     exclude_similarity: float = Field(0.9, ge=-1.0, le=1.01)
     hidden: int = Field(64, ge=1, le=4096)
     epochs: int = Field(300, ge=1, le=100_000)
+    # an update retrains the gate on its own new keys plus a seeded sample of at most this many
+    # stored keys (and of stored retain prompts): its cost stays flat as the codebook grows
+    max_gate_keys: int = Field(1_024, ge=1, le=10_000_000)
     learning_rate: float = Field(1e-2, gt=0)
     seed: int = 0
     enabled: bool = True  # False: route every prompt to its nearest memory (ablation)

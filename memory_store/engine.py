@@ -108,7 +108,9 @@ class Loka:
         ``threads`` sets torch's intra-op threads for the process; None picks 1 for models under
         50M parameters, where thread synchronisation costs more than it saves (a 20+20 update
         on the built-in model measured 5.7 s with 1 thread and 70 s with 2 on a loaded 2-core
-        machine), and leaves torch's default otherwise."""
+        machine), and 1 on machines with at most 2 cores (SmolLM2-135M training steps on the
+        shared 2-core machine: 4 steps 27 s wall / 3.1 CPU s with 1 thread against 122 s /
+        26 CPU s with 2); torch's default otherwise."""
         model = resolve_model(model, progress=progress)
         if background_prompts is None and _is_default_model(model):
             background_prompts = default_background()
@@ -121,7 +123,8 @@ class Loka:
         except BaseException:
             store.close()
             raise
-        if threads is None and hf_model.num_parameters() < SMALL_MODEL_PARAMS:
+        if threads is None and (hf_model.num_parameters() < SMALL_MODEL_PARAMS
+                                or (os.cpu_count() or 1) <= 2):
             threads = 1
         if threads is not None:
             torch.set_num_threads(threads)
@@ -376,20 +379,25 @@ class Loka:
         for attempt in range(MAX_REPLANS):
             with self._write_lock:
                 self.refresh()
-                plan = Updater(self._update_context, self._live.snapshot, options, progress,
-                               should_cancel, on_publish, retry=retry)
+                live = self._live
+                plan = Updater(self._update_context, live.snapshot, options, progress,
+                               should_cancel, on_publish, retry=retry, base=live)
                 try:
                     result = change(plan)
                 except HeadMoved as moved:
                     logger.info("%s; re-planning on the new head (attempt %d)", moved.message,
                                 attempt + 2)
                     continue
-                return self._commit(result)
+                return self._commit(result, plan.published)
         raise ConflictError(f"the codebook head kept moving; change not published after "
                             f"{MAX_REPLANS} attempts")
 
-    def _commit(self, result: UpdateResult) -> UpdateResult:
-        self._set_live(self._load(result.codebook_version))
+    def _commit(self, result: UpdateResult, published: LiveVersion | None) -> UpdateResult:
+        """Serve the version just published: the one the change built in memory (its records,
+        index and gate: no reload of the whole codebook), else loaded from the store."""
+        if published is None or published.version != result.codebook_version:
+            published = self._load(result.codebook_version)
+        self._set_live(published)
         logger.info("published codebook version %d (%d memories)", result.codebook_version,
                     len(self._live.snapshot.memories))
         return result

@@ -72,3 +72,14 @@ class LeaseLost(ConflictError):
     another worker took it): nothing was published."""
 
     type = "lease_lost"
+
+
+class NotReached(LokaError):
+    """An update asked for ``require_reached`` and some piece did not take (maps to 422);
+    nothing was published. ``checks`` lists the failed pieces."""
+
+    type = "not_reached"
+
+    def __init__(self, message: str, *, checks: tuple = (), field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.checks = checks

@@ -53,7 +53,7 @@ def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where}: expected a JSON object", field="line")
     kind = obj.get("kind")
-    allowed = {"kind", "prompt", "target", "paraphrases"}
+    allowed = {"kind", "prompt", "target", "paraphrases", "subject"}
     extra = set(obj) - allowed
     if extra:
         raise InvalidInput(f"{where}: unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
@@ -75,6 +75,8 @@ def parse_line(obj: object, where: str) -> PieceSpec | RetainSpec:
         check_text(obj["prompt"], f"{where}: prompt"),
         check_text(obj["target"], f"{where}: target"),
         tuple(check_text(q, f"{where}: paraphrases[{j}]") for j, q in enumerate(paraphrases)),
+        check_text(obj["subject"], f"{where}: subject") if obj.get("subject") is not None
+        else None,
     )
 
 

@@ -32,6 +32,9 @@ class PieceSpec:
     prompt: str
     target: str
     paraphrases: tuple[str, ...] = ()
+    # whose fact this is ("Danielle Darrieux"): other relations of the subject become the
+    # gate's hard negatives; None guesses a capitalised name in the prompt
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,26 @@ class UpdateOptions:
     steps: int | None = None
     learning_rate: float | None = None
     seed: int | None = None
+    max_steps: int | None = None
+    # fail the update (``NotReached``, nothing published) when any piece is not reached
+    require_reached: bool = False
+    # other relations of each piece's subject as retained prompts and gate negatives
+    hard_negatives: bool = True
+
+
+@dataclass(frozen=True)
+class PieceCheck:
+    """Whether a piece took, by greedy generation on its memory right after training: an edit
+    when every prompt (the prompt and each paraphrase) starts with its target, an unlearning
+    request when no output holds its answer."""
+
+    piece_id: str
+    kind: PieceKind
+    reached: bool
+    # prompt -> reached, for the prompt and each paraphrase
+    prompts: dict[str, bool]
+    reason: str = ""
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,14 @@ class UpdateResult:
     pieces_removed: tuple[str, ...]
     decisions: dict[str, ConflictDecision] = field(default_factory=dict)
     duration_s: float = 0.0
+    # one per piece trained by this update (new pieces and those of retrained memories)
+    checks: tuple[PieceCheck, ...] = ()
+    # wall seconds per stage: keys, conflict, train (prepare/steps/check/verify), gate, publish
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pieces_failed(self) -> tuple[PieceCheck, ...]:
+        return tuple(c for c in self.checks if not c.reached)
 
 
 @dataclass(frozen=True)

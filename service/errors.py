@@ -24,6 +24,7 @@ from memory_store.errors import (
     LokaError,
     ModelMismatch,
     NotFound,
+    NotReached,
     StoreError,
 )
 from memory_store.models.smollm2 import ModelUnavailable
@@ -37,6 +38,7 @@ ENGINE_STATUS: tuple[tuple[type[LokaError], int], ...] = (
     (ConflictError, 409),
     (ModelMismatch, 409),
     (Cancelled, 409),
+    (NotReached, 422),
     (StoreError, 500),
     (ModelUnavailable, 503),
 )

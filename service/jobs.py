@@ -41,7 +41,14 @@ from memory_store.errors import (
     NotFound,
     StoreError,
 )
-from memory_store.types import PieceKind, PieceSpec, RetainSpec, UpdateOptions, UpdateResult
+from memory_store.types import (
+    PieceCheck,
+    PieceKind,
+    PieceSpec,
+    RetainSpec,
+    UpdateOptions,
+    UpdateResult,
+)
 
 if TYPE_CHECKING:
     from memory_store import Loka
@@ -88,7 +95,7 @@ def update_payload(
     return {
         "pieces": [
             {"kind": str(p.kind), "prompt": p.prompt, "target": p.target,
-             "paraphrases": list(p.paraphrases)}
+             "paraphrases": list(p.paraphrases), "subject": p.subject}
             for p in pieces
         ],
         "retain": [{"prompt": r.prompt, "target": r.target} for r in retain],
@@ -100,7 +107,7 @@ def _decode_update(payload: dict[str, Any]) -> tuple[list[PieceSpec], list[Retai
                                                       UpdateOptions]:
     pieces = [
         PieceSpec(kind=PieceKind(p["kind"]), prompt=p["prompt"], target=p["target"],
-                  paraphrases=tuple(p["paraphrases"]))
+                  paraphrases=tuple(p["paraphrases"]), subject=p.get("subject"))
         for p in payload["pieces"]
     ]
     retain = [RetainSpec(prompt=r["prompt"], target=r["target"]) for r in payload["retain"]]
@@ -115,7 +122,15 @@ def _result_dict(r: UpdateResult) -> dict[str, Any]:
         "memories_removed": list(r.memories_removed),
         "pieces_added": list(r.pieces_added),
         "pieces_removed": list(r.pieces_removed),
+        "pieces": [piece_check_dict(c) for c in r.checks],
+        "pieces_failed": [piece_check_dict(c) for c in r.pieces_failed],
     }
+
+
+def piece_check_dict(c: PieceCheck) -> dict[str, Any]:
+    """A piece's check without its texts (job results keep no prompts or targets)."""
+    return {"piece_id": c.piece_id, "kind": str(c.kind), "reached": c.reached,
+            "prompts_reached": list(c.prompts.values()), "reason": c.reason, "steps": c.steps}
 
 
 def scrubbed_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:

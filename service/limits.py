@@ -80,9 +80,11 @@ def check_update(settings: Settings, body: UpdateRequest) -> None:
     for i, r in enumerate(body.retain):
         check_text(settings, f"retain.{i}.prompt", r.prompt)
         check_text(settings, f"retain.{i}.target", r.target, settings.max_target_chars)
-    steps = body.options.steps
-    if steps is not None and steps > settings.max_train_steps:
-        raise invalid("options.steps", f"at most {settings.max_train_steps} (got {steps})")
+    for name in ("steps", "max_steps"):
+        steps = getattr(body.options, name)
+        if steps is not None and steps > settings.max_train_steps:
+            raise invalid(f"options.{name}",
+                          f"at most {settings.max_train_steps} (got {steps})")
 
 
 def check_prompt_tokens(generator: Generator, settings: Settings, prompt: str,

@@ -31,7 +31,7 @@ from memory_store.types import (
     UpdateResult,
     VersionInfo,
 )
-from service.jobs import Job
+from service.jobs import Job, piece_check_dict
 
 # pattern of job ids (assigned by the service): "job_" + 32 hex digits
 JOB_ID_PATTERN = r"^job_[0-9a-f]{32}$"
@@ -131,12 +131,16 @@ class EditIn(Request):
     prompt: NonBlank
     target: NonBlank
     paraphrases: list[NonBlank] = []
+    # whose fact it is (as in EasyEdit/ROME requests); None: guessed from the prompt
+    subject: NonBlank | None = None
 
 
 class UnlearnIn(Request):
     prompt: NonBlank
     target: NonBlank
     paraphrases: list[NonBlank] = []
+    # whose fact it is (as in EasyEdit/ROME requests); None: guessed from the prompt
+    subject: NonBlank | None = None
 
 
 class RetainIn(Request):
@@ -149,6 +153,12 @@ class UpdateOptionsIn(Request):
     steps: StrictInt | None = Field(None, ge=1)
     learning_rate: StrictFloat | None = Field(None, gt=0.0, le=1.0)
     seed: Seed | None = None
+    # training continues past ``steps`` until every piece takes, up to this many steps
+    max_steps: StrictInt | None = Field(None, ge=1)
+    # fail the job (nothing published) when a piece does not take
+    require_reached: StrictBool = False
+    # other relations of each piece's subject become retained prompts and gate negatives
+    hard_negatives: StrictBool = True
 
 
 class UpdateRequest(Request):
@@ -173,6 +183,18 @@ class JobProgress(BaseModel):
     total: int
 
 
+class PieceCheckOut(BaseModel):
+    """Whether a piece took: greedy generation gives an edit's target on its prompt and on
+    each paraphrase (``prompts_reached``, in that order), or no longer an unlearned answer."""
+
+    piece_id: str
+    kind: Literal["edit", "unlearn"]
+    reached: bool
+    prompts_reached: list[bool]
+    reason: str = ""
+    steps: int = 0
+
+
 class ChangeResult(BaseModel):
     """What a knowledge change did (the result of a job, a rollback or a memory deletion)."""
 
@@ -182,6 +204,9 @@ class ChangeResult(BaseModel):
     memories_removed: list[str] = []
     pieces_added: list[str] = []
     pieces_removed: list[str] = []
+    # one per piece trained by the change; the failed ones again in ``pieces_failed``
+    pieces: list[PieceCheckOut] = []
+    pieces_failed: list[PieceCheckOut] = []
 
     @classmethod
     def of(cls, r: UpdateResult) -> ChangeResult:
@@ -193,7 +218,10 @@ class ChangeResult(BaseModel):
             memories_removed=list(r.memories_removed),
             pieces_added=list(r.pieces_added),
             pieces_removed=list(r.pieces_removed),
+            pieces=[PieceCheckOut(**piece_check_dict(c)) for c in r.checks],
+            pieces_failed=[PieceCheckOut(**piece_check_dict(c)) for c in r.pieces_failed],
         )
+
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -201,7 +229,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["update", "delete_piece"]
+    kind: Literal["update", "delete_piece", "delete_memory", "rollback"]
     status: JobStatus
     progress: JobProgress
     result: ChangeResult | None

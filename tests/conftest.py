@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import LokaServer
@@ -34,15 +35,17 @@ def default_model() -> Path:
 def make_server(
     tmp_path_factory: pytest.TempPathFactory, default_model: Path
 ) -> Iterator[Callable[..., LokaServer]]:
-    """``make_server(env, store_dir=None)``: a stopped server on a fresh store (the built-in
-    model pinned through ``LOKA_MODEL``, so that a rebuild during the session cannot change the
-    model under a store); every one is stopped at the end of the session."""
+    """``make_server(env, store_dir=None, **process)``: a stopped server on a fresh store (the
+    built-in model pinned through ``LOKA_MODEL``, so that a rebuild during the session cannot
+    change the model under a store); every one is stopped at the end of the session.
+    ``process`` (``argv``, ``ready_log``) makes another process of the service: a worker."""
     servers: list[LokaServer] = []
 
-    def make(env: dict[str, str] | None = None, store_dir: Path | None = None) -> LokaServer:
+    def make(env: dict[str, str] | None = None, store_dir: Path | None = None,
+             **process: Any) -> LokaServer:
         root = tmp_path_factory.mktemp("loka-serve")
         server = LokaServer(store_dir or root / "store", root / "server.log",
-                            {"LOKA_MODEL": str(default_model), **(env or {})})
+                            {"LOKA_MODEL": str(default_model), **(env or {})}, **process)
         servers.append(server)
         _SERVERS.append(server)
         return server

@@ -47,6 +47,10 @@ class LokaServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     starts: int = 0
+    # the command after ``python``: the server by default, ``["-m", "service.worker"]`` for a
+    # worker (no HTTP: ``start`` then waits for ``ready_log`` in its output instead of /ready)
+    argv: list[str] = field(default_factory=lambda: ["-m", "service"])
+    ready_log: str | None = None
 
     @property
     def url(self) -> str:
@@ -84,14 +88,19 @@ class LokaServer:
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start {self.starts} =====\n".encode())
             log.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT,
+            self.proc = subprocess.Popen([sys.executable, *self.argv], cwd=REPO_ROOT,
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def start(self) -> None:
-        """Launch the process and wait until ``/ready`` answers 200."""
+        """Launch the process and wait until ``/ready`` answers 200 (or, for a process without
+        HTTP, until its output matches ``ready_log``)."""
+        since = len(self.log())
         self.launch()
         proc = self.proc
         assert proc is not None
+        if self.ready_log is not None:
+            self.wait_log(self.ready_log, READY_TIMEOUT_S, since)
+            return
 
         def failed() -> str | None:
             code = proc.poll()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from memory_store.files import fsync_dir, fsync_file
+from memory_store.files import fsync_dir, fsync_file, save_safetensors
 from memory_store.models.access import ModelLayout, TargetModule
 
 
@@ -82,7 +82,7 @@ def save_adapter(weights: AdapterWeights, layout: ModelLayout, base_model: str,
     for name in weights.a:
         tensors[f"base_model.model.{name}.lora_A.weight"] = weights.a[name].contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = weights.b[name].contiguous()
-    save_file(tensors, str(tmp / "adapter_model.safetensors"))
+    save_safetensors(tensors, tmp / "adapter_model.safetensors")
     config = peft_config(layout, weights.rank, weights.alpha, base_model)
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
     if durable:

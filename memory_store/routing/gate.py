@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from memory_store.config import RouterSettings
-from memory_store.files import fsync_dir, write_atomically
+from memory_store.files import fsync_dir, save_safetensors, write_atomically
 
 
 class Gate(nn.Module):
@@ -61,7 +61,7 @@ def train_gate(pos_keys: np.ndarray, pos_sims: np.ndarray, neg_keys: np.ndarray,
 
 def save_gate(gate: Gate, path: Path) -> None:
     tensors = {k: v.contiguous() for k, v in gate.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomically(path, lambda tmp: save_safetensors(tensors, tmp))
     fsync_dir(path.parent)  # the rename survives a power cut
 
 

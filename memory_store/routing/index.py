@@ -125,6 +125,19 @@ class KeyIndex:
         self.index = index
         return self
 
+    def extended(self, keys: np.ndarray, ids: list[str]) -> KeyIndex:
+        """A copy with rows appended (an update's new keys), without rebuilding; this index,
+        which readers may be searching, is left as it is."""
+        other = KeyIndex.__new__(KeyIndex)
+        other.ids, other.dim, other.kind = list(self.ids), self.dim, self.kind
+        other.index = faiss.clone_index(self.index)
+        if isinstance(other.index, faiss.IndexHNSWFlat):
+            other.index.hnsw.efSearch = self.index.hnsw.efSearch
+        elif isinstance(other.index, faiss.IndexIVF):
+            other.index.nprobe = self.index.nprobe
+        other.add(keys, ids)
+        return other
+
     def add(self, keys: np.ndarray, ids: list[str]) -> None:
         """Append rows (an update's new keys) without rebuilding."""
         if len(ids):

@@ -13,7 +13,7 @@ from memory_store.lora.layer import TrainState, use_state
 from memory_store.lora.weights import init_adapter
 from memory_store.models.access import ModelLayout
 from memory_store.types import ConflictDecision
-from memory_store.update.trainer import MemoryTask, Objective, grad_of
+from memory_store.update.trainer import MemoryTask, autocast_for, grad_of, make_objective
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,14 @@ def conflict_score(
     """Fraction of sampled (edit, unlearn) mini-batch pairs whose LoRA gradients have
     cosine <= 0, and the mean cosine. No weights are updated."""
     npo = trainer.model_copy(update={"unlearn_loss": "npo"})
-    objective = Objective(model, tokenizer, task, npo)
+    objective = make_objective(model, tokenizer, layout, task, npo)
     state = TrainState(init_adapter(layout, lora.rank, lora.alpha, seed),
                        next(model.parameters()).device)
     params = state.parameters()
     gen = torch.Generator().manual_seed(seed)
     n_e, n_u = len(objective.edit), len(objective.unlearn)
     cosines = []
-    with use_state(state):
+    with use_state(state), autocast_for(model, trainer):
         for _ in range(conflict.samples):
             re = torch.randperm(n_e, generator=gen)[: conflict.batch_size]
             ru = torch.randperm(n_u, generator=gen)[: conflict.batch_size]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from memory_store.keys import tokenize
+from memory_store.update import prefix as prefix_cache
 
 
 @dataclass
@@ -17,12 +18,15 @@ class TokenBatch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T)
+    # input of the first adapted block on the frozen model (memory_store.update.prefix), if cached
+    prefix: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def select(self, rows: torch.Tensor) -> TokenBatch:
-        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows])
+        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.labels[rows],
+                          None if self.prefix is None else self.prefix[rows])
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], device: str | torch.device = "cpu",
@@ -65,8 +69,104 @@ def concat(a: TokenBatch, b: TokenBatch, pad_id: int) -> TokenBatch:
 
 def forward_logits(model, batch: TokenBatch) -> torch.Tensor:
     """(B, T, V) logits; position t predicts token t+1."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 use_cache=False).logits
+    with prefix_cache.skipping(batch.prefix):
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     use_cache=False).logits
+
+
+# model types whose logits are exactly ``output_embeddings(base_model(...).last_hidden_state)``
+# (no soft-capping or scaling after the head): only the needed positions go through the head
+_PLAIN_HEAD = frozenset({"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "llama", "mistral",
+                         "qwen2", "qwen3", "phi", "phi3", "falcon", "bloom"})
+
+
+@dataclass
+class Positions:
+    """Flattened positions of a batch whose logits a loss needs; ``labels`` the token each
+    predicts (-100: none, e.g. a retention position past the prompt's end)."""
+
+    rows: torch.Tensor  # (N,)
+    pos: torch.Tensor  # (N,)
+    labels: torch.Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+
+def target_positions(batch: TokenBatch) -> Positions:
+    """The positions predicting each target token, row-major."""
+    lb = batch.labels[:, 1:]
+    rows, pos = (lb != -100).nonzero(as_tuple=True)
+    return Positions(rows, pos, lb[rows, pos])
+
+
+def last_positions(batch: TokenBatch, n: int) -> Positions:
+    """The last ``n`` real positions of each (right-padded) row (every position if n <= 0)."""
+    mask = batch.attention_mask.bool()
+    if n > 0:
+        length = mask.sum(-1, keepdim=True)
+        idx = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+        mask = mask & (idx >= length - n)
+    rows, pos = mask.nonzero(as_tuple=True)
+    return Positions(rows, pos, torch.full_like(rows, -100))
+
+
+def position_logits(model, batch: TokenBatch, at: Positions) -> torch.Tensor:
+    """(N, V) logits at ``at``: the same values as ``forward_logits(...)[rows, pos]``, but the
+    output head only runs on the needed positions where the architecture allows it."""
+    model_type = getattr(model.config, "model_type", "")
+    head = model.get_output_embeddings()
+    if model_type in _PLAIN_HEAD and isinstance(head, torch.nn.Linear):
+        with prefix_cache.skipping(batch.prefix):
+            hidden = model.base_model(input_ids=batch.input_ids,
+                                      attention_mask=batch.attention_mask,
+                                      use_cache=False).last_hidden_state
+        return head(hidden[at.rows, at.pos])
+    return forward_logits(model, batch)[at.rows, at.pos]
+
+
+def flat_logprob(logits: torch.Tensor, at: Positions, n_rows: int) -> torch.Tensor:
+    """(B,) summed log-probability of each row's target tokens from flat (N, V) logits."""
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, at.labels.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(n_rows, dtype=logp.dtype, device=logp.device).index_add(0, at.rows, logp)
+
+
+def flat_nll(logits: torch.Tensor, at: Positions) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), at.labels)
+
+
+def flat_accuracy(logits: torch.Tensor, at: Positions, n_rows: int) -> torch.Tensor:
+    """(B,) fraction of each row's target tokens that are the argmax."""
+    hit = (logits.argmax(-1) == at.labels).float()
+    ones = torch.ones_like(hit)
+    total = torch.zeros(n_rows, device=hit.device).index_add(0, at.rows, ones)
+    return torch.zeros(n_rows, device=hit.device).index_add(0, at.rows, hit) / total.clamp(min=1)
+
+
+def flat_first(at: Positions) -> torch.Tensor:
+    """(N,) bool: the first target position of its row."""
+    first = torch.ones(len(at), dtype=torch.bool, device=at.rows.device)
+    first[1:] = at.rows[1:] != at.rows[:-1]
+    return first
+
+
+def flat_first_token_hit(logits: torch.Tensor, at: Positions) -> torch.Tensor:
+    """(B,) whether each row's first target token is the argmax (rows with targets, in order)."""
+    first = flat_first(at)
+    return logits[first].argmax(-1) == at.labels[first]
+
+
+def flat_min_prob(logits: torch.Tensor, at: Positions, n_rows: int) -> torch.Tensor:
+    """(B,) the smallest probability of a target token in each row."""
+    p = torch.softmax(logits.float(), -1).gather(-1, at.labels.unsqueeze(-1)).squeeze(-1)
+    out = torch.ones(n_rows, dtype=p.dtype, device=p.device)
+    return out.scatter_reduce(0, at.rows, p, reduce="amin")
+
+
+def flat_kl(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p_ref || p_theta) over flat positions; ``ref_logprobs`` (N, V)."""
+    logq = torch.log_softmax(logits.float(), -1)
+    return (ref_logprobs.exp() * (ref_logprobs - logq)).sum(-1).mean()
 
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,19 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
+from memory_store.codebook.live import LiveVersion
 from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord, Snapshot, Store
 from memory_store.config import LokaConfig
-from memory_store.errors import Cancelled
+from memory_store.errors import Cancelled, NotReached
 from memory_store.files import write_atomically
+from memory_store.general_prompts import guess_subject, subject_negatives
 from memory_store.ids import id_number, memory_id, piece_id
 from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
 from memory_store.models.access import ModelLayout
 from memory_store.routing.gate import Gate, save_gate, train_gate
-from memory_store.routing.index import KeyIndex, retrieval_index
+from memory_store.routing.index import KeyIndex, index_kind, retrieval_index, retrieval_rows
+from memory_store.routing.router import Router
 from memory_store.types import (
     CancelCheck,
     ConflictDecision,
+    PieceCheck,
     PieceKind,
     PieceSpec,
     ProgressCallback,
@@ -42,7 +46,7 @@ from memory_store.types import (
 from memory_store.update import conflict
 from memory_store.update.mapping import Group, LshTable, capacity_kmeans, join_existing
 from memory_store.update.supersede import deduplicate, norm_prompt, superseded
-from memory_store.update.trainer import MemoryTask, train_memory
+from memory_store.update.trainer import MemoryTask, PairCheck, train_memory
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +140,18 @@ class Updater:
     def __init__(self, ctx: UpdateContext, snapshot: Snapshot, options: UpdateOptions | None,
                  progress: ProgressCallback | None, should_cancel: CancelCheck | None,
                  on_publish: PublishRecord | None = None,
-                 retry: RetryContext | None = None) -> None:
+                 retry: RetryContext | None = None, base: LiveVersion | None = None) -> None:
         self.ctx = ctx
+        # the loaded version ``snapshot`` is: its index is extended rather than rebuilt
+        self.base = base if base is not None and base.version == snapshot.version else None
+        # the version this change published, built from what it holds (no reload)
+        self.published: LiveVersion | None = None
         self.retry = retry or RetryContext()
         self.cfg = ctx.config
         self.snap = snapshot
         overrides = {}
         if options is not None:
-            for name in ("unlearn_loss", "steps", "learning_rate", "seed"):
+            for name in ("unlearn_loss", "steps", "learning_rate", "seed", "max_steps"):
                 value = getattr(options, name)
                 if value is not None:
                     overrides[name] = value
@@ -161,15 +169,23 @@ class Updater:
         self.pieces_removed: list[str] = []
         self.decisions: dict[str, ConflictDecision] = {}
         self.update_retain: list[tuple[str, str]] = []
+        self.require_reached = bool(options is not None and options.require_reached)
+        self.hard_negatives = options is None or options.hard_negatives
+        self.checks: dict[str, PieceCheck] = {}
+        self.stage_seconds: dict[str, float] = {}
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------ entry points
     def apply(self, specs: Sequence[PieceSpec], retain: Sequence[RetainSpec]) -> UpdateResult:
         self.progress("keys", 0, 1)
+        t0 = time.perf_counter()
         texts = [t for s in specs for t in (s.prompt, *s.paraphrases)]
         all_keys = self.ctx.encoder.keys(texts + [r.prompt for r in retain])
         piece_keys, retain_keys = all_keys[: len(texts)], all_keys[len(texts):]
         self._add_retain(retain, retain_keys)
+        if self.hard_negatives:
+            self._add_subject_negatives(specs, piece_keys)
+        self._timed("keys", t0)
         self.progress("keys", 1, 1)
         for pid in superseded(self.pieces.values(), specs):
             self._remove_piece(pid)
@@ -203,6 +219,28 @@ class Updater:
         return self._train_and_publish([], f"delete memory {memory_id}")
 
     # ------------------------------------------------------------------ steps
+    def _add_subject_negatives(self, specs: Sequence[PieceSpec], piece_keys: np.ndarray) -> None:
+        """Other relations of each piece's subject ("Danielle Darrieux was born in" when her
+        mother tongue is edited), kept as retained prompts without a target: hard negatives
+        of the gate and retention prompts. Those as close to one of the update's own keys as
+        an unlisted paraphrase would be are left out, and so are stored texts."""
+        own = [t for s in specs for t in (s.prompt, *s.paraphrases)]
+        candidates: list[str] = []
+        for spec in specs:
+            subject = spec.subject or guess_subject(spec.prompt)
+            if subject:
+                candidates += subject_negatives(subject, exclude=own)
+        taken = self._stored_texts() | {norm_prompt(t) for t in own} | {
+            norm_prompt(r.prompt) for r in self.retain}
+        candidates = [c for c in dict.fromkeys(candidates) if norm_prompt(c) not in taken]
+        if not candidates or not len(piece_keys):
+            return
+        keys = self.ctx.encoder.keys(candidates)
+        near = (keys @ piece_keys.T).max(1) >= self.cfg.router.exclude_similarity
+        for prompt, key, is_near in zip(candidates, keys, near, strict=True):
+            if not is_near:
+                self.retain.append(RetainRecord(prompt, "", key))
+
     def _add_retain(self, retain: Sequence[RetainSpec], keys: np.ndarray) -> None:
         have = {(r.prompt, r.target) for r in self.retain}
         for spec, key in zip(retain, keys, strict=True):
@@ -223,7 +261,10 @@ class Updater:
     def _map(self, new_ids: list[str]) -> list[Group]:
         """LSH join into existing memories with room; the rest by capacity-bounded k-means."""
         m = self.cfg.mapping
-        counts = {mid: len(self._members(mid)) for mid in self.memories}
+        counts = dict.fromkeys(self.memories, 0)  # one pass: not one scan per memory
+        for piece in self.pieces.values():
+            if piece.memory_id in counts:
+                counts[piece.memory_id] += 1
         prompt_keys = np.stack([self.pieces[p].keys[0] for p in new_ids])
         joined, rest = join_existing(new_ids, prompt_keys, self.memories, counts, self.ctx.lsh,
                                      m)
@@ -265,7 +306,9 @@ class Updater:
                 out.append(g)
                 continue
             self.progress("conflict", len(out), len(groups))
+            t0 = time.perf_counter()
             decision = self._conflict(g)
+            self._timed("conflict", t0)
             if decision.decision == "split":
                 edits = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.EDIT]
                 unlearns = [p for p in g.piece_ids if self.pieces[p].kind == PieceKind.UNLEARN]
@@ -369,7 +412,9 @@ class Updater:
         for pid in g.piece_ids:
             self._assign(pid, g.memory_id)
         seed = self.trainer.seed * 1_000_003 + id_number(g.memory_id)
+        t0 = time.perf_counter()
         task = self._task(g)
+        self._timed("retain_select", t0)
         # the same memory with the same task on a re-plan: the adapter trained before serves
         digest_key = (g.memory_id, hashlib.sha256(repr(
             (task, g.multitask, g.kind, seed, self.trainer)).encode()).hexdigest())
@@ -382,6 +427,10 @@ class Updater:
                                           seed=seed, progress=progress,
                                           should_cancel=self.should_cancel)
             self.retry.trained[digest_key] = (weights, stats)
+            for name, sec in stats.seconds.items():
+                key = f"train_{name}"
+                self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + sec
+        self._record_checks(g, stats.checks, stats.steps)
         if not stats.converged:
             logger.warning("memory %s did not reach its targets in %d steps", g.memory_id,
                            stats.steps)
@@ -401,18 +450,57 @@ class Updater:
         if g.conflict is not None:
             self.decisions[g.memory_id] = g.conflict
 
+    def _timed(self, stage: str, since: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + (
+            time.perf_counter() - since)
+
+    def _record_checks(self, g: Group, checks: list[PairCheck], steps: int) -> None:
+        """One ``PieceCheck`` per piece of the memory from its pairs' greedy checks."""
+        by_pair: dict[tuple[str, str, str], bool] = {}
+        for c in checks:
+            by_pair[(c.kind, c.prompt, c.target)] = (
+                by_pair.get((c.kind, c.prompt, c.target), True) and c.reached)
+        for pid in g.piece_ids:
+            p = self.pieces[pid]
+            kind = str(p.kind)
+            prompts = {q: by_pair.get((kind, q, p.target), True)
+                       for q in (p.prompt, *p.paraphrases)}
+            missed = [i for i, ok in enumerate(prompts.values()) if not ok]
+            if not missed:
+                reason = ""
+            elif p.kind == PieceKind.EDIT:
+                reason = (f"greedy output does not start with the target on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            else:
+                reason = (f"greedy output still holds the unlearned answer on prompts {missed} "
+                          f"(0: the prompt, then its paraphrases) after {steps} steps")
+            self.checks[pid] = PieceCheck(pid, p.kind, not missed, prompts, reason, steps)
+
     # ------------------------------------------------------------------ router and publish
     def _publish(self, reason: str) -> UpdateResult:
         """Write the index and gate files (named by content), then publish on the base version
-        (``HeadMoved`` if another writer published meanwhile: the caller re-plans)."""
+        (``HeadMoved`` if another writer published meanwhile: the caller re-plans). With
+        ``require_reached``, a piece that did not take fails the update (``NotReached``)."""
+        failed = [c for c in self.checks.values() if not c.reached]
+        if failed and self.require_reached:
+            raise NotReached(f"{len(failed)} of {len(self.checks)} pieces did not take "
+                             f"(first: {failed[0].piece_id}: {failed[0].reason}); nothing was "
+                             "published", checks=tuple(failed), field="pieces")
+        for c in failed:
+            logger.warning("piece %s not reached: %s", c.piece_id, c.reason)
+        t0 = time.perf_counter()
         store = self.ctx.store
         mems = [self.memories[k] for k in sorted(self.memories)]
         gate_file = index_file = None
+        index, gate = None, None
         if mems:
-            index = retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
-                                    self.cfg.index, self.ctx.layout.hidden_size)
+            index = self._index(mems)
             index_file = store.put_file("index", "faiss", index.save)
+            self._timed("index", t0)
+            t1 = time.perf_counter()
             gate = self._train_gate(index)
+            self._timed("gate", t1)
+            t0 = time.perf_counter()
             if gate is not None:
                 gate_file = store.put_file("gate", "safetensors",
                                            lambda path: save_gate(gate, path))
@@ -420,10 +508,12 @@ class Updater:
             raise Cancelled("update cancelled")
         self.progress("publish", 0, 1)
         updated = sorted(self.touched - set(self.removed_memories) - set(self.created))
+        checks = tuple(self.checks[p] for p in sorted(self.checks) if p in self.pieces)
+        stages = {k: round(v, 3) for k, v in self.stage_seconds.items()}
         result = UpdateResult(0, tuple(self.created), tuple(updated),
                               tuple(self.removed_memories), tuple(self.pieces_added),
                               tuple(self.pieces_removed), dict(self.decisions),
-                              time.perf_counter() - self.started)
+                              time.perf_counter() - self.started, checks, stages)
         on_publish = self.on_publish
 
         def extra(version: int):
@@ -432,14 +522,84 @@ class Updater:
         version = store.publish(self.snap.version, mems, self.pieces.values(), self.retain,
                                 gate_file=gate_file, index_file=index_file, reason=reason,
                                 extra_sql=extra)
+        self._timed("publish", t0)
+        stages["publish"] = round(self.stage_seconds["publish"], 3)
+        self.published = self._live_after(version, index, gate, gate_file, index_file)
         self.progress("publish", 1, 1)
         return replace(result, codebook_version=version)
+
+    def _index(self, mems: list[MemoryRecord]) -> KeyIndex:
+        """The routing index of the new version: the base version's with the new pieces'
+        keys appended when the change only adds pieces whose ids sort after every stored one
+        (rows stay in the canonical order of ``retrieval_rows``); else rebuilt."""
+        dim = self.ctx.layout.hidden_size
+        base, new = self.base, self.pieces_added
+        if (base is not None and self.cfg.router.retrieval == "piece" and new
+                and not self.pieces_removed and not self.removed_memories
+                and len(base.router.index) == sum(len(p.keys) for p in self.snap.pieces.values())
+                and all(self.pieces[p].memory_id == q.memory_id
+                        for p, q in self.snap.pieces.items())
+                and (not self.snap.pieces or min(new) > max(self.snap.pieces))):
+            ids, keys = retrieval_rows((), [self.pieces[p] for p in new], "piece", dim)
+            total = len(base.router.index) + len(ids)
+            if index_kind(self.cfg.index, total) == base.router.index.kind:
+                return base.router.index.extended(keys, ids)
+        return retrieval_index(mems, self.pieces.values(), self.cfg.router.retrieval,
+                               self.cfg.index, dim)
+
+    def _live_after(self, version: int, index: KeyIndex | None, gate: Gate | None,
+                    gate_file: str | None, index_file: str | None) -> LiveVersion:
+        """The published version as a reader would load it, from the records in hand: rows
+        unchanged since the base keep their ``added_in``, new ones carry ``version``."""
+        old_mems, old_pieces = self.snap.memories, self.snap.pieces
+        mems = {}
+        for mid in sorted(self.memories):
+            m = self.memories[mid]
+            was = old_mems.get(mid)
+            mems[mid] = was if was is not None and was.content_hash == m.content_hash \
+                else replace(m, added_in=version)
+        pieces = {}
+        for pid in sorted(self.pieces):
+            p = self.pieces[pid]
+            was = old_pieces.get(pid)
+            pieces[pid] = was if was is not None and was.memory_id == p.memory_id \
+                else replace(p, added_in=version)
+        old_retain = {(r.prompt, r.target): r for r in self.snap.retain}
+        retain = tuple(old_retain.get((r.prompt, r.target)) or replace(r, added_in=version)
+                       for r in self.retain)
+        snap = Snapshot(version, mems, pieces, retain, gate_file, index_file)
+        if index is None:
+            index = KeyIndex(np.zeros((0, self.ctx.layout.hidden_size), np.float32), [],
+                             self.cfg.index)
+        return LiveVersion(snap, Router(index, gate if self.cfg.router.enabled else None,
+                                        self.cfg.router))
+
+    def _gate_positives(self) -> np.ndarray:
+        """The gate's positive keys: every key of the pieces this change added or moved, plus
+        at most ``router.max_gate_keys`` of the other stored keys (a seeded sample), so that
+        retraining costs the same on a codebook of any size."""
+        fresh, old = [], []
+        for pid, p in self.pieces.items():
+            was = self.snap.pieces.get(pid)
+            (old if was is not None and was.memory_id == p.memory_id else fresh).append(p.keys)
+        limit = self.cfg.router.max_gate_keys
+        old_keys = np.concatenate(old) if old else None
+        if old_keys is not None and len(old_keys) > limit:
+            rng = np.random.default_rng(self.cfg.router.seed + len(old_keys))
+            old_keys = old_keys[np.sort(rng.choice(len(old_keys), limit, replace=False))]
+        parts = fresh + ([old_keys] if old_keys is not None else [])
+        return np.concatenate(parts)
 
     def _train_gate(self, index: KeyIndex) -> Gate | None:
         if not self.cfg.router.enabled:
             return None
-        pos = np.concatenate([p.keys for p in self.pieces.values()])
-        negs = [r.key for r in self.retain] + [k for _, k in self._background_negatives()]
+        pos = self._gate_positives()
+        retain = [r.key for r in self.retain]
+        limit = self.cfg.router.max_gate_keys
+        if len(retain) > limit:  # the stored retain prompts, sampled as the old keys are
+            rng = np.random.default_rng(self.cfg.router.seed + len(retain))
+            retain = [retain[i] for i in sorted(rng.choice(len(retain), limit, replace=False))]
+        negs = retain + [k for _, k in self._background_negatives()]
         neg = np.stack(negs) if negs else np.zeros((0, pos.shape[1]), np.float32)
         if self.cfg.router.retrieval == "piece" and len(index) > 1:
             # leave-one-out: a stored key finds itself at similarity 1; an unseen paraphrase

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from memory_store.smollm2 import (
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from memory_store.models import smollm2
+from memory_store.models.smollm2 import (
     GGUF_SHA256,
     MANIFEST,
     WHEEL_ENV,
@@ -28,9 +31,6 @@ from memory_store.smollm2 import (
     smollm2_path,
     verify_smollm2,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from memory_store.models import smollm2
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -87,21 +87,23 @@ def test_each_response_is_one_published_version(make_server: Callable[..., LokaS
         assert version == 0
         readers = [pool.submit(read_until, server.url, stop, stream)
                    for stream in (False, False, False, True)]
-        time.sleep(0.5)  # the readers are running before the first change
-        for answer in NEW_ANSWERS:  # two edits of one fact: versions 1 and 2
-            body = {"edits": [{"prompt": FACT.prompts[0], "target": answer,
-                               "paraphrases": [FACT.prompts[1]]}],
-                    "options": {"steps": 60}}
-            job = wait_job(client, accepted(client.post("/v1/updates", json=body)))
-            assert job["status"] == "succeeded", job
-            version, refs[job["result"]["codebook_version"]] = references(client)
+        try:  # the readers stop even when a change fails (else the pool never ends)
+            time.sleep(0.5)  # the readers are running before the first change
+            for answer in NEW_ANSWERS:  # two edits of one fact: versions 1 and 2
+                body = {"edits": [{"prompt": FACT.prompts[0], "target": answer,
+                                   "paraphrases": [FACT.prompts[1]]}],
+                        "options": {"steps": 60}}
+                job = wait_job(client, accepted(client.post("/v1/updates", json=body)))
+                assert job["status"] == "succeeded", job
+                version, refs[job["result"]["codebook_version"]] = references(client)
+                time.sleep(0.5)
+            rolled = wait_job(client, accepted(client.post("/v1/codebook/rollback",
+                                                            json={"version": 1})))  # version 3 = 1
+            assert rolled["status"] == "succeeded", rolled
+            version, refs[rolled["result"]["codebook_version"]] = references(client)
             time.sleep(0.5)
-        rolled = wait_job(client, accepted(client.post("/v1/codebook/rollback",
-                                                        json={"version": 1})))  # version 3 = 1
-        assert rolled["status"] == "succeeded", rolled
-        version, refs[rolled["result"]["codebook_version"]] = references(client)
-        time.sleep(0.5)
-        stop.set()
+        finally:
+            stop.set()
         seen = [r.result() for r in readers]
     server.stop()
 

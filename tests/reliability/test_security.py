@@ -20,6 +20,7 @@ from harness import ADMIN, API, LokaServer, accepted, job_rows, wait_job
 from pydantic import SecretStr
 from starlette.requests import Request
 
+from memory_store.codebook.store import Store
 from memory_store.models.builtin import counterfactual_answer, find_fact
 from service.api import deps
 from service.config import Settings
@@ -176,10 +177,11 @@ def test_without_an_admin_token_every_caller_is_admin() -> None:
 def test_payloads_of_old_finished_jobs_are_scrubbed_at_start(tmp_path: Path) -> None:
     """Rows finished before payloads were scrubbed (an older version) lose their targets when
     the queue starts; queued jobs keep theirs (they still need them)."""
-    db = tmp_path / "loka.sqlite"
+    store = Store(tmp_path)
+    db = store.db_path
     secret = {"pieces": [{"kind": "unlearn", "prompt": "p", "target": " hush", "paraphrases": []}],
               "retain": [], "options": {}}
-    queue = JobQueue(db, engine=None)  # type: ignore[arg-type]  # never started: no worker
+    queue = JobQueue(store, engine=None)  # never started: no worker
     done, waiting = queue.submit("update", secret).id, queue.submit("update", secret).id
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE service_jobs SET status='succeeded' WHERE id=?", (done,))
@@ -187,3 +189,4 @@ def test_payloads_of_old_finished_jobs_are_scrubbed_at_start(tmp_path: Path) -> 
     assert queue.get(done).payload == {"n_pieces": 1, "n_retain": 0, "scrubbed": True}
     assert queue.get(waiting).payload == secret
     queue.stop()
+    store.close()

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -278,12 +279,23 @@ def test_store_check_passes_a_clean_store_and_names_a_flipped_byte(store: Path) 
     assert "does not match the memory's content hash" in broken.stdout
 
 
+def version_file(store: Path, column: str) -> str:
+    """The index or gate file version 1 names (content-addressed: versions/<kind>-<sha>)."""
+    with sqlite3.connect(f"file:{store / 'loka.sqlite'}?mode=ro", uri=True) as conn:
+        return conn.execute(f"SELECT {column} FROM versions WHERE version = 1").fetchone()[0]
+
+
+def truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
 BREAKS = {
-    "truncated index": (lambda s: (s / "versions/v1.faiss").write_bytes(
-        (s / "versions/v1.faiss").read_bytes()[:100]), "versions/v1.faiss"),
-    "missing index": (lambda s: (s / "versions/v1.faiss").unlink(), "missing file versions/v1"),
-    "truncated gate": (lambda s: (s / "versions/v1.gate").write_bytes(b"\0" * 10),
-                       "versions/v1.gate"),
+    "truncated index": (lambda s: truncate(s / version_file(s, "index_file"), 100),
+                        lambda s: version_file(s, "index_file")),
+    "missing index": (lambda s: (s / version_file(s, "index_file")).unlink(),
+                      lambda s: f"missing file {version_file(s, 'index_file')}"),
+    "truncated gate": (lambda s: (s / version_file(s, "gate_file")).write_bytes(b"\0" * 10),
+                       lambda s: version_file(s, "gate_file")),
     "deleted adapter folder": (lambda s: shutil.rmtree(adapter_file(s).parent),
                                "missing adapter folder adapters/mem_000001/"),
     "unreadable adapter": (lambda s: adapter_file(s).write_bytes(b"junk"),
@@ -296,6 +308,8 @@ BREAKS = {
 @pytest.mark.parametrize("damage", list(BREAKS))
 def test_store_check_names_what_is_broken(store: Path, damage: str) -> None:
     breaks, named = BREAKS[damage]
+    if callable(named):
+        named = named(store)
     breaks(store)
     report = check_store(store, all_versions=True)
     assert not report.ok

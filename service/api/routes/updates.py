@@ -46,9 +46,10 @@ async def submit_update(
     """Validate the update and queue it as a job; poll ``GET /v1/jobs/{id}`` for its progress."""
     check_update(settings, body)
     pieces = [
-        PieceSpec(PieceKind.EDIT, e.prompt, e.target, tuple(e.paraphrases)) for e in body.edits
+        PieceSpec(PieceKind.EDIT, e.prompt, e.target, tuple(e.paraphrases), e.subject)
+        for e in body.edits
     ] + [
-        PieceSpec(PieceKind.UNLEARN, u.prompt, u.target, tuple(u.paraphrases))
+        PieceSpec(PieceKind.UNLEARN, u.prompt, u.target, tuple(u.paraphrases), u.subject)
         for u in body.unlearn
     ]
     retain = [RetainSpec(r.prompt, r.target) for r in body.retain]
