@@ -164,6 +164,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     memory: str = "auto"  # "auto" (routed), "none" (base model) or a memory id
     seed: int | None = None
+    ignore_eos: bool = False  # as vLLM's: generate until max_new_tokens (or a stop string)
+    min_tokens: int = 0  # as vLLM's: no EOS and no stop string before this many new tokens
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,12 @@ def check_generation(
         check_text(settings, f"stop.{i}", s, MAX_STOP_CHARS)
 
 
+def check_min_tokens(min_tokens: int, max_tokens: int, tokens_field: str) -> None:
+    """``min_tokens`` must not exceed the completion's token budget ``max_tokens``."""
+    if min_tokens > max_tokens:
+        raise invalid("min_tokens", f"at most {tokens_field} ({max_tokens}); got {min_tokens}")
+
+
 def check_update(settings: Settings, body: UpdateRequest) -> None:
     """Counts and lengths of an update; at least one edit or unlearn piece."""
     n = len(body.edits) + len(body.unlearn)

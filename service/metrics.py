@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -96,6 +97,18 @@ class Metrics:
             "loka_gate_decisions", 'routed ("auto") generations: served by a memory or the base',
             ["decision"], registry=r,
         )
+        self.batch_rows = Histogram(
+            "loka_batch_rows", "rows (requests) in one decoding step of the running batch",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.decode_steps = Counter(
+            "loka_decode_steps", "decoding steps of the running batch by its rows: all "
+            '"plain" (not streamed), all "streamed", or "mixed"', ["rows"], registry=r,
+        )
+        self.streams_cancelled = Counter(
+            "loka_streams_cancelled", "streams whose client went away before they finished "
+            "(their rows left the running batch)", registry=r,
+        )
         self.jobs_finished = Counter(
             "loka_jobs_finished", "finished jobs", ["kind", "status"], registry=r
         )
@@ -116,6 +129,12 @@ class Metrics:
         if mode == "auto":
             self.gate.labels("memory" if result.memory_id is not None else "base").inc()
         self.generation_latency.labels("true" if stream else "false").observe(seconds)
+
+    def observe_step(self, rows: int, streamed: int) -> None:
+        """Count one decoding step of ``rows`` rows, ``streamed`` of them streamed."""
+        self.batch_rows.observe(rows)
+        kind = "plain" if streamed == 0 else "streamed" if streamed == rows else "mixed"
+        self.decode_steps.labels(kind).inc()
 
     def observe_job(self, kind: str, status: str, seconds: float | None) -> None:
         """Count a finished job."""

@@ -53,6 +53,9 @@ class _OpenAIRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
+    # vLLM's extra sampling parameters (the openai client sends them through ``extra_body``)
+    ignore_eos: StrictBool | None = None
+    min_tokens: StrictInt | None = Field(None, ge=0)
 
     @field_validator("n")
     @classmethod

@@ -1,17 +1,21 @@
-"""Generation off the event loop: concurrent requests are batched, streams get their own thread.
+"""Generation off the event loop: every request, streamed or not, is a row of one running batch.
 
 Requests are served by continuous batching: one worker thread keeps a running batch of rows
 (``Loka.batch()``) and, between two decoding steps, lets the requests that arrived meanwhile
 join it (up to ``max_batch_size`` rows; one prefill for all of them, each row routed on its own)
 while finished rows leave at once. When the batch is empty, the first request waits at most
 ``batch_wait_ms`` for company. Requests that fail to join together (an unknown memory id) join
-one by one, so each request gets its own answer or error. A stream runs the engine's
-``generate_stream`` iterator in one thread from start to end (torch's grad mode is per thread)
-and hands chunks to the event loop; a client that goes away stops it at the next chunk.
+one by one, so each request gets its own answer or error.
 
-Serving forwards run one at a time (batch steps, joins, stream steps, routing), under one lock:
-the engine installs its key and routing hooks on the shared model for the duration of a forward,
-and on CPU concurrent forwards buy little that batching does not. Training jobs run beside them.
+A streamed request is a row like the others: after each decoding step the worker hands each
+stream its new text through a queue on the stream's event loop (``call_soon_threadsafe``), and
+a stream whose consumer went away (client disconnected) is removed from the batch before the
+next step. The first chunk of a stream (empty) says that it joined the batch, so that errors
+of joining (an unknown memory, a prompt too long) reach the caller before any event is sent.
+
+Serving forwards run one at a time (batch steps, joins, routing), under one lock: the engine
+installs its key and routing hooks on the shared model for the duration of a forward, and on
+CPU concurrent forwards buy little that batching does not. Training jobs run beside them.
 """
 
 from __future__ import annotations
@@ -40,13 +44,34 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+class _Sink:
+    """Where a stream's chunks go: a queue on the consumer's event loop; ``gone`` once the
+    consumer stopped reading (set from the loop, read by the worker)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.chunks: asyncio.Queue[Any] = asyncio.Queue()
+        self.gone = threading.Event()
+
+    def put(self, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.chunks.put_nowait, value)
+        except RuntimeError:  # the loop is closed
+            self.gone.set()
+
+
 @dataclass
 class _Item:
     request: GenerationRequest
     field: str
     future: asyncio.Future[GenerationResult]
     loop: asyncio.AbstractEventLoop
+    sink: _Sink | None = None  # streamed requests
     joined: float = 0.0  # perf_counter when it joined the running batch
+
+    @property
+    def cancelled(self) -> bool:
+        return self.sink.gone.is_set() if self.sink is not None else self.future.done()
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,14 @@ class Chunk:
 
 
 def _resolve(item: _Item, result: GenerationResult | None, error: BaseException | None) -> None:
+    if item.sink is not None:  # a stream: its last chunk, or its error, then the end
+        if error is not None:
+            item.sink.put(error)
+        elif result is not None:
+            item.sink.put(Chunk("", result))
+        item.sink.put(_STOP)
+        return
+
     def settle() -> None:
         if item.future.done():  # the caller went away
             return
@@ -179,7 +212,7 @@ class GenerationScheduler:
         """Let ``items`` join the running batch: together if they can, else one by one."""
         ready: list[_Item] = []
         for item in items:
-            if item.future.done():  # cancelled while waiting
+            if item.cancelled:  # the caller went away while waiting
                 continue
             try:
                 self._check_prompt(item.request, item.field)
@@ -194,7 +227,7 @@ class GenerationScheduler:
             item.joined = now
         try:
             with self._forward:
-                batch.add([i.request for i in ready], ready)
+                batch.add([i.request for i in ready], ready, [i.sink is not None for i in ready])
         except Exception as exc:
             if len(ready) == 1:
                 _resolve(ready[0], None, exc)
@@ -202,73 +235,59 @@ class GenerationScheduler:
             logger.debug("%d requests failed to join (%s); joining one by one", len(ready), exc)
             for item in ready:
                 self._join(batch, [item])
+            return
+        for item in ready:
+            if item.sink is not None:
+                item.sink.put(Chunk("", None))  # joined
 
     def _step(self, batch: ServingBatch) -> None:
-        """One decoding step of the running batch; answer the requests that finished."""
+        """One decoding step of the running batch (without the streams whose consumer went
+        away); hand the streams their new text and answer the requests that finished."""
+        for item in batch.drop(lambda item: item.cancelled):
+            logger.debug("a stream's consumer went away; its row left the batch")
+            self._metrics.streams_cancelled.inc()
+            _resolve(item, None, None)
+        if not len(batch):
+            return
         running = batch.tags()
+        streams = batch.streamed_rows()
         try:
             with self._forward:
-                finished = batch.step()
+                updates = batch.step()
         except Exception as exc:  # the batch is gone: every running request gets the error
             logger.exception("a decoding step failed")
             for item in running:
                 _resolve(item, None, exc)
             return
+        self._metrics.observe_step(len(running), streams)
         now = time.perf_counter()
-        for item, result in finished:
-            self._metrics.observe_generation(item.request.memory, result, now - item.joined,
-                                             stream=False)
-            _resolve(item, result, None)
+        for update in updates:
+            item: _Item = update.tag
+            if item.sink is not None and update.text:
+                item.sink.put(Chunk(update.text, None))
+            if update.result is not None:
+                self._metrics.observe_generation(item.request.memory, update.result,
+                                                 now - item.joined, stream=item.sink is not None)
+                _resolve(item, update.result, None)
 
     # -- streaming ----------------------------------------------------------------------------
 
     async def stream(
         self, request: GenerationRequest, field: str = "prompt"
     ) -> AsyncIterator[Chunk]:
-        """Stream one completion. Errors before the first chunk are raised by the first step."""
+        """Stream one completion as a row of the running batch. The first chunk (empty) comes
+        once it joined; errors of joining are raised before it. The last chunk carries the
+        result. Stopping the iteration removes the row at the next step."""
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(value: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(chunks.put_nowait, value)
-            except RuntimeError:  # loop closed
-                cancel.set()
-
-        def run() -> None:
-            start = time.perf_counter()
-            try:
-                self._check_prompt(request, field)
-                iterator = self._engine.generate_stream(request)
-                try:
-                    while not cancel.is_set():
-                        with self._forward:  # one decoding step
-                            chunk = next(iterator, None)
-                        if chunk is None:
-                            break
-                        result = getattr(chunk, "result", None)
-                        if result is not None:
-                            self._metrics.observe_generation(
-                                request.memory, result, time.perf_counter() - start, stream=True
-                            )
-                        put(Chunk(text=chunk.text, result=result))
-                finally:
-                    close = getattr(iterator, "close", None)
-                    if close is not None:
-                        close()
-            except BaseException as exc:  # handed to the event loop, raised there
-                put(exc)
-            put(_STOP)
-
-        threading.Thread(target=run, name="loka-stream", daemon=True).start()
+        sink = _Sink(loop)
+        self._queue.put(_Item(request, field, loop.create_future(), loop, sink))
         try:
             while True:
-                value = await chunks.get()
+                value = await sink.chunks.get()
                 if value is _STOP:
                     return
                 if isinstance(value, BaseException):
                     raise value
                 yield value
         finally:
-            cancel.set()
+            sink.gone.set()

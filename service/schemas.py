@@ -77,6 +77,10 @@ class GenerateRequest(Request):
     stop: list[Annotated[str, Field(min_length=1)]] = []
     memory: MemorySelector = "auto"
     seed: Seed | None = None
+    # vLLM's sampling parameters: EOS does not end the completion (max_new_tokens or a stop
+    # string does); no EOS and no stop string before min_tokens new tokens (<= max_new_tokens)
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = Field(0, ge=0)
 
 
 class Usage(BaseModel):

@@ -62,6 +62,32 @@ class NaivePeft:
                                   pad_token_id=self.pad)
         return int(out.shape[1] - enc["input_ids"].shape[1])
 
+    @torch.no_grad()
+    def generate_mixed(self, prompts: Sequence[str], memories: Sequence[str],
+                       max_new_tokens: int) -> int:
+        """PEFT's own mixed-adapter batching: one left-padded batch, row i with adapter
+        ``memories[i]`` (``adapter_names``), exactly ``max_new_tokens`` each, greedy; the
+        number of new tokens."""
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        out = self.model.generate(**enc, adapter_names=list(memories),
+                                  max_new_tokens=max_new_tokens,
+                                  min_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.pad)
+        return int(out.shape[1] - enc["input_ids"].shape[1]) * len(prompts)
+
+    def layout(self) -> str:
+        """The adapters' PEFT configuration in words (rank, target modules, layers)."""
+        import re
+
+        cfg = next(iter(self.model.peft_config.values()))
+        targets = sorted(cfg.target_modules)
+        layers = sorted({int(m.group(1)) for t in targets
+                         if (m := re.search(r"layers\.(\d+)\.", t))})
+        kinds = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        where = f"layers {layers[0]}-{layers[-1]}" if layers else "every layer"
+        return f"PEFT r={cfg.r}, lora_alpha={cfg.lora_alpha:g}, {'/'.join(kinds)} of {where}"
+
     def serve(self, work: Sequence[tuple[str, str]], max_new_tokens: int) -> NaiveRun:
         """Serve ``(prompt, memory)`` requests back to back (any concurrency queues here)."""
         latencies, tokens = [], 0

@@ -50,6 +50,9 @@ class RowPlan:
     auto: bool = True  # route through the gate
     adapter: AdapterWeights | None = None  # used when auto is False
     route: Route | None = None  # filled for fixed rows by the caller
+    ignore_eos: bool = False  # as vLLM's: EOS does not end the row (max_new_tokens does)
+    min_tokens: int = 0  # as vLLM's: no EOS and no stop string before this many tokens
+    stream: bool = False  # keep the row's text current after every token
 
 
 @dataclass
@@ -60,6 +63,7 @@ class RowOutput:
     route: Route | None = None
     prompt_tokens: int = 0
     done: bool = False
+    stop_from: int = 0  # stop strings are searched from here (text before min_tokens is exempt)
 
 
 @dataclass
@@ -138,7 +142,10 @@ class _Rows:
             self.plans, self.outs, self.gens, self.tags, self.next_ids = [], [], [], [], []
             return
         sel = torch.tensor(idx, dtype=torch.long, device=self.mask.device)
-        for name in ("plans", "outs", "gens", "tags", "next_ids"):
+        # next_ids are those of the last pick; between steps (a row dropped) they are stale
+        picked = len(self.next_ids) == len(self.plans)
+        self.next_ids = [self.next_ids[i] for i in idx] if picked else []
+        for name in ("plans", "outs", "gens", "tags"):
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in idx])
         self.state = self.state.select(idx)
@@ -180,7 +187,7 @@ class BatchGenerator:
         self.single_pass = min(layout.lora_layers, default=layout.key_layer) >= layout.key_layer
         install_key_hook(get_module(model, layout.blocks_path)[layout.key_layer])
         self.eos = tokenizer.eos_token_id
-        # for benchmarking only (as vLLM's ignore_eos): every row generates max_new_tokens
+        # every row ignores EOS (as each row's ``RowPlan.ignore_eos``), for benchmarks and tests
         self.ignore_eos = False
         self.stats = GenerationStats()
         self._stats_lock = threading.Lock()
@@ -255,8 +262,20 @@ class BatchGenerator:
         return _Rows(list(plans), outs, gens, list(tags), deferred.inner, out.past_key_values,
                      mask, batch["position_ids"][:, -1:], out.logits[:, -1, :], eager_text)
 
+    def _suppress_eos(self, rows: _Rows) -> None:
+        """As vLLM's ``min_tokens``: EOS cannot be picked by rows that have fewer tokens."""
+        if self.eos is None or self.ignore_eos:
+            return
+        short = [i for i, (plan, row) in enumerate(zip(rows.plans, rows.outs, strict=True))
+                 if not row.done and not plan.ignore_eos
+                 and len(row.token_ids) < plan.min_tokens]
+        if short:
+            rows.logits = rows.logits.clone()
+            rows.logits[short, self.eos] = float("-inf")
+
     def _pick(self, rows: _Rows) -> list[int]:
         """Choose every row's next token; the indices of the rows that finished."""
+        self._suppress_eos(rows)
         greedy = rows.logits.argmax(-1).tolist()  # one call for the batch; ties as row argmax
         rows.next_ids = []
         finished = []
@@ -306,22 +325,26 @@ class BatchGenerator:
         return done
 
     def _append(self, row: RowOutput, plan: RowPlan, token: int, eager_text: bool) -> None:
-        if token == self.eos and not self.ignore_eos:
+        if token == self.eos and not (plan.ignore_eos or self.ignore_eos):
             row.done, row.finish_reason = True, "stop"
             row.text = self._decode(row.token_ids)
             return
         row.token_ids.append(token)
-        if eager_text or plan.stop:
+        eager = eager_text or plan.stream or bool(plan.stop)
+        if eager:
             row.text = self._decode(row.token_ids)
+        if plan.stop and len(row.token_ids) < plan.min_tokens:
+            row.stop_from = len(row.text)  # as vLLM: stop strings are checked from min_tokens
+        elif plan.stop:
             for s in plan.stop:
-                cut = row.text.find(s)
+                cut = row.text.find(s, max(0, row.stop_from - len(s) + 1))
                 if cut >= 0:
                     row.text = row.text[:cut]
                     row.done, row.finish_reason = True, "stop"
                     return
         if len(row.token_ids) >= plan.max_new_tokens:
             row.done, row.finish_reason = True, "length"
-            if not (eager_text or plan.stop):  # decoded once, at the end
+            if not eager:  # decoded once, at the end
                 row.text = self._decode(row.token_ids)
 
     def _decode(self, token_ids: list[int]) -> str:
@@ -375,3 +398,33 @@ class RunningBatch:
     def tags(self) -> list[Any]:
         """Tags of the running rows."""
         return [] if self._rows is None else list(self._rows.tags)
+
+    def outputs(self) -> list[tuple[Any, RowOutput]]:
+        """(tag, output so far) of the running rows; an output is updated in place by
+        ``step`` (its text after every token only for streamed rows)."""
+        if self._rows is None:
+            return []
+        return [(t, o) for t, o in zip(self._rows.tags, self._rows.outs, strict=True)
+                if not o.done]
+
+    def drop(self, gone: Callable[[Any], bool]) -> list[Any]:
+        """Remove the running rows whose tag ``gone`` accepts (a client that went away) before
+        the next step; their tags. Their cache rows are dropped (or, on a cache that cannot
+        drop rows, they stay as padding, finished)."""
+        rows = self._rows
+        if rows is None:
+            return []
+        idx = [i for i, (t, o) in enumerate(zip(rows.tags, rows.outs, strict=True))
+               if not o.done and gone(t)]
+        if not idx:
+            return []
+        tags = [rows.tags[i] for i in idx]
+        if _mergeable(rows.past):
+            leaving = set(idx)
+            rows.keep([i for i in range(len(rows)) if i not in leaving])
+        else:
+            for i in idx:
+                rows.outs[i].done = True
+        if not len(rows) or all(o.done for o in rows.outs):
+            self._rows = None
+        return tags

@@ -37,6 +37,43 @@ class StreamChunk:
 
 
 @dataclass(frozen=True)
+class RowUpdate:
+    """What one step of a ``ServingBatch`` did to one request: new text of a streamed one
+    (``text``, possibly empty) and, when it finished, its result."""
+
+    tag: Any
+    text: str
+    result: GenerationResult | None
+
+
+class TextCursor:
+    """The text of a streamed row handed out so far. Text that could still turn into a stop
+    sequence, or an incomplete UTF-8 sequence, is held back until the row is done."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.sent = 0
+
+    def delta(self, row: RowOutput) -> str:
+        """The new text of ``row`` that is safe to hand out now (all of it once done)."""
+        safe = len(row.text) if row.done else max(len(row.text) - self.hold, 0)
+        text = row.text[:safe]
+        if text.endswith("\ufffd") and not row.done:
+            text = text[:-1]
+        if len(text) <= self.sent:
+            return ""
+        new, self.sent = text[self.sent:], len(text)
+        return new
+
+
+@dataclass
+class _Tag:
+    live: LiveVersion
+    tag: Any
+    cursor: TextCursor | None  # streamed rows only
+
+
+@dataclass(frozen=True)
 class Score:
     logprob: float  # summed log-probability of the target tokens
     token_accuracy: float  # fraction of target tokens that are the argmax
@@ -79,8 +116,13 @@ class ServingRuntime:
             check_text(req.prompt, f"requests[{i}].prompt")
             if req.max_new_tokens < 1:
                 raise InvalidInput("max_new_tokens must be >= 1", field="max_new_tokens")
+            if not 0 <= req.min_tokens <= req.max_new_tokens:
+                raise InvalidInput(f"min_tokens must be between 0 and max_new_tokens "
+                                   f"({req.max_new_tokens}); got {req.min_tokens}",
+                                   field="min_tokens")
             plan = RowPlan(req.prompt, req.max_new_tokens, req.temperature, req.top_p,
-                           tuple(req.stop), req.seed)
+                           tuple(req.stop), req.seed, ignore_eos=bool(req.ignore_eos),
+                           min_tokens=req.min_tokens)
             if req.memory == "auto":
                 pass
             elif req.memory == "none":
@@ -113,20 +155,12 @@ class ServingRuntime:
         """Text deltas; the last chunk carries the full result. Text that could still turn
         into a stop sequence, or an incomplete UTF-8 sequence, is held back."""
         plans = self.plans(live, [request])
-        hold = max((len(s) for s in request.stop), default=1) - 1
-        sent = 0
+        cursor = TextCursor(request.stop)
         row = None
         for rows in self.generator.stream(plans, self.router_fn(live)):
             row = rows[0]
-            safe = len(row.text) if row.done else max(len(row.text) - hold, 0)
-            text = row.text[:safe]
-            if text.endswith("\ufffd") and not row.done:
-                text = text[:-1]
-            if len(text) > sent:
-                yield StreamChunk(text[sent:])
-                sent = len(text)
-        if row is not None and len(row.text) > sent:
-            yield StreamChunk(row.text[sent:])
+            if text := cursor.delta(row):
+                yield StreamChunk(text)
         yield StreamChunk("", self.result(live, row))
 
     @torch.no_grad()
@@ -156,8 +190,9 @@ class ServingRuntime:
 
 class ServingBatch:
     """Continuous batching (``RunningBatch``): requests join between decoding steps, each
-    routed on the codebook version live when it joins, and leave as soon as they finish.
-    One caller at a time."""
+    routed on the codebook version live when it joins, and leave as soon as they finish (or
+    when ``drop`` removes them). Streamed requests are rows like the others: each step hands
+    out their new text. One caller at a time."""
 
     def __init__(self, runtime: ServingRuntime, current: Callable[[], LiveVersion]) -> None:
         self._runtime = runtime
@@ -171,18 +206,45 @@ class ServingBatch:
     def can_join(self) -> bool:
         return self._rows.can_join
 
-    def add(self, requests: Sequence[GenerationRequest], tags: Sequence[Any]) -> None:
-        """Validate, route and prefill ``requests`` (``tags`` name them in ``step``'s results).
-        Raises as ``generate`` does; then none of them joined."""
+    def add(self, requests: Sequence[GenerationRequest], tags: Sequence[Any],
+            streamed: Sequence[bool] | None = None) -> None:
+        """Validate, route and prefill ``requests`` (``tags`` name them in ``step``'s results;
+        ``streamed[i]``: request i gets its text after every step). Raises as ``generate``
+        does; then none of them joined."""
         live = self._current()
         plans = self._runtime.plans(live, requests)
+        streamed = [False] * len(plans) if streamed is None else list(streamed)
+        for plan, s in zip(plans, streamed, strict=True):
+            plan.stream = s
         if plans:
-            self._rows.add(plans, self._runtime.router_fn(live), [(live, t) for t in tags])
+            self._rows.add(plans, self._runtime.router_fn(live),
+                           [_Tag(live, t, TextCursor(r.stop) if s else None)
+                            for t, r, s in zip(tags, requests, streamed, strict=True)])
 
-    def step(self) -> list[tuple[Any, GenerationResult]]:
-        """One token for every running request; the (tag, result) of those that finished."""
-        return [(tag, self._runtime.result(live, row)) for (live, tag), row in self._rows.step()]
+    def step(self) -> list[RowUpdate]:
+        """One token for every running request. Updates for the streamed requests with new
+        text and for every request that finished (with its result)."""
+        streamed = [(t, row) for t, row in self._rows.outputs() if t.cursor is not None]
+        finished = {id(t): (t, row) for t, row in self._rows.step()}
+        updates = []
+        for t, row in streamed:
+            text = t.cursor.delta(row)
+            done = finished.pop(id(t), None)
+            if text or done is not None:
+                result = None if done is None else self._runtime.result(t.live, row)
+                updates.append(RowUpdate(t.tag, text, result))
+        updates += [RowUpdate(t.tag, "", self._runtime.result(t.live, row))
+                    for t, row in finished.values()]
+        return updates
+
+    def drop(self, gone: Callable[[Any], bool]) -> list[Any]:
+        """Remove the running requests whose tag ``gone`` accepts; their tags."""
+        return [t.tag for t in self._rows.drop(lambda t: gone(t.tag))]
 
     def tags(self) -> list[Any]:
         """Tags of the running requests."""
-        return [tag for _, tag in self._rows.tags()]
+        return [t.tag for t in self._rows.tags()]
+
+    def streamed_rows(self) -> int:
+        """How many of the running requests are streamed."""
+        return sum(t.cursor is not None for t in self._rows.tags())

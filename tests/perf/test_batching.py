@@ -79,12 +79,37 @@ def test_rows_joining_a_running_batch(codebook: Codebook) -> None:
             wave = waves.pop(0)
             batch.add(wave, list(range(tag, tag + len(wave))))
             tag += len(wave)
-        for t, result in batch.step():
-            results[t] = result
+        for update in batch.step():
+            assert update.text == ""  # no streamed rows here
+            results[update.tag] = update.result
         steps += 1
     assert sorted(results) == list(range(len(reqs)))
     for i, req in enumerate(reqs):
         _same(results[i], codebook.loka.generate([req])[0])
+
+
+def test_streamed_rows_in_a_running_batch(codebook: Codebook) -> None:
+    """Streamed and plain rows decode together; a streamed row's chunks add up to its result,
+    and a dropped row leaves without a result while the others go on unchanged."""
+    reqs = _mixed(codebook)[:9]
+    batch = codebook.loka.batch()
+    batch.add(reqs[:8], list(range(8)), [i % 2 == 0 for i in range(8)])
+    texts = dict.fromkeys(range(9), "")
+    results: dict[int, GenerationResult] = {}
+    steps = 0
+    while len(batch):
+        if steps == 1:
+            batch.add(reqs[8:], [8], [True])
+            assert batch.drop(lambda tag: tag == 4) == [4]
+        for update in batch.step():
+            texts[update.tag] += update.text
+            if update.result is not None:
+                results[update.tag] = update.result
+        steps += 1
+    assert sorted(results) == [0, 1, 2, 3, 5, 6, 7, 8]
+    for i, result in results.items():
+        _same(result, codebook.loka.generate([reqs[i]])[0])
+        assert texts[i] == (result.text if i % 2 == 0 else "")
 
 
 def test_stream_equals_generate(codebook: Codebook) -> None:

@@ -14,6 +14,7 @@ from memory_store.types import GenerationRequest, Route
 from service.api.deps import ApiAuth, EngineDep, GeneratorDep, PolicyDep, SettingsDep
 from service.limits import (
     check_generation,
+    check_min_tokens,
     check_prompt_tokens,
     check_route_prompt,
     check_text,
@@ -33,12 +34,14 @@ async def generate(
     """Generate a completion; ``memory`` "auto" routes through the gate, "none" is the base."""
     check_text(settings, "prompt", body.prompt)
     check_generation(settings, body.max_new_tokens, body.stop, "max_new_tokens")
+    check_min_tokens(body.min_tokens, body.max_new_tokens, "max_new_tokens")
     explicit = "max_new_tokens" in body.model_fields_set
 
     def prepare() -> tuple[int, str]:
         budget = fit_context(generator, settings, engine.context_length, body.prompt, "prompt",
                              body.max_new_tokens if explicit else None, "max_new_tokens",
                              body.max_new_tokens)
+        check_min_tokens(body.min_tokens, budget, "max_new_tokens")  # after the context cut
         policy.check_selection(body.memory, "memory")
         return budget, policy.served(body.memory, [body.prompt], generator)[0]
 
@@ -51,6 +54,8 @@ async def generate(
         stop=tuple(body.stop),
         memory=memory,
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
     )
     result = await generator.generate(request)
     return GenerateResponse.of(await run_in_threadpool(policy.result, result))

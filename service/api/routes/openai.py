@@ -27,7 +27,13 @@ from memory_store.types import GenerationRequest, GenerationResult
 from service.api.deps import ApiAuth, EngineDep, GeneratorDep, PolicyDep, SettingsDep
 from service.config import Settings
 from service.errors import ServiceError, engine_status, error_body, invalid
-from service.limits import check_generation, check_text, fit_context, sampling_temperature
+from service.limits import (
+    check_generation,
+    check_min_tokens,
+    check_text,
+    fit_context,
+    sampling_temperature,
+)
 from service.openai_compat import (
     DEFAULT_CHAT_TOKENS,
     DEFAULT_COMPLETION_TOKENS,
@@ -115,6 +121,8 @@ def _request(body: Any, prompt: str, memory: str, max_tokens: int, stops: list[s
         stop=tuple(stops),
         memory=memory,
         seed=body.seed,
+        ignore_eos=bool(body.ignore_eos),
+        min_tokens=body.min_tokens or 0,
     )
 
 
@@ -177,6 +185,7 @@ async def completions(
     max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
     stops = body.stops()
     check_generation(settings, max_tokens, stops, "max_tokens")
+    check_min_tokens(body.min_tokens or 0, max_tokens, "max_tokens")
 
     def prepare() -> list[GenerationRequest]:
         budgets = [
@@ -184,6 +193,8 @@ async def completions(
                         "max_tokens", max_tokens)
             for f, p in zip(fields, prompts, strict=True)
         ]
+        for budget in budgets:  # after the context cut
+            check_min_tokens(body.min_tokens or 0, budget, "max_tokens")
         served = policy.served(memory, prompts, generator)
         return [_request(body, p, m, b, stops)
                 for p, m, b in zip(prompts, served, budgets, strict=True)]
@@ -241,10 +252,12 @@ async def chat_completions(
     tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     stops = body.stops()
     check_generation(settings, max_tokens, stops, tokens_field)
+    check_min_tokens(body.min_tokens or 0, max_tokens, tokens_field)
 
     def prepare() -> GenerationRequest:
         budget = fit_context(generator, settings, engine.context_length, prompt, "messages",
                              asked, tokens_field, max_tokens)
+        check_min_tokens(body.min_tokens or 0, budget, tokens_field)  # after the context cut
         served = policy.served(memory, [prompt], generator)[0]
         return _request(body, prompt, served, budget, stops)
 
