@@ -62,8 +62,24 @@ def cmd_model(args: argparse.Namespace) -> int:
     else:
         if args.action == "build":
             ensure_smollm2(fetch=True, progress=True)
+            _warm_background_keys()
         _emit(smollm2_info())
     return 0
+
+
+def _warm_background_keys() -> None:
+    """Encode the shipped general prompts on the built-in model once (cached per model in
+    ``$LOKA_CACHE_DIR/keys``), so that the first update of a new store does not pay for it."""
+    import tempfile
+
+    from memory_store import Loka
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loka = Loka.open(Path(tmp), model="smollm2")
+        try:
+            loka.background_keys()
+        finally:
+            loka.close()
 
 
 def cmd_update(args: argparse.Namespace) -> int:
