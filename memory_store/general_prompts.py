@@ -15,6 +15,7 @@ otherwise :func:`guess_subject` looks for a capitalised name in the prompt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -109,6 +110,27 @@ def guess_subject(prompt: str) -> str | None:
         if len(name) >= 3 and (best is None or len(name) > len(best)):
             best = name
     return best
+
+
+# other subjects for "the same relation, someone else" negatives (people, places,
+# organisations, things); none of them is a subject of the held-out split
+OTHER_SUBJECTS = (
+    "Marie Curie", "Isaac Newton", "Nelson Mandela", "Ada Lovelace", "Confucius", "Frida Kahlo",
+    "Norway", "Kenya", "Peru", "Toronto", "Osaka", "the Danube", "Mount Kilimanjaro",
+    "the Red Cross", "Harvard University", "Volkswagen", "the BBC", "Real Madrid",
+    "the Mona Lisa", "Microsoft",
+)
+
+
+def swapped_negatives(prompt: str, subject: str, k: int = 4) -> list[str]:
+    """``prompt`` about ``k`` other subjects ("The mother tongue of Marie Curie is" for an
+    edit of Danielle Darrieux's): the same relation asked of someone else must keep the base
+    model's answer. Deterministic: the subjects are chosen by a hash of the prompt."""
+    if not subject or subject not in prompt:
+        return []
+    start = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(OTHER_SUBJECTS)
+    others = [OTHER_SUBJECTS[(start + 5 * i) % len(OTHER_SUBJECTS)] for i in range(k)]
+    return [prompt.replace(subject, other) for other in others if other != subject]
 
 
 def subject_negatives(subject: str, exclude: Sequence[str] = ()) -> list[str]:

@@ -23,7 +23,7 @@ from memory_store.codebook.store import MemoryRecord, PieceRecord, RetainRecord,
 from memory_store.config import LokaConfig
 from memory_store.errors import Cancelled, NotReached
 from memory_store.files import write_atomically
-from memory_store.general_prompts import guess_subject, subject_negatives
+from memory_store.general_prompts import guess_subject, subject_negatives, swapped_negatives
 from memory_store.ids import id_number, memory_id, piece_id
 from memory_store.keys import KeyEncoder
 from memory_store.lora.weights import adapter_hash, save_adapter
@@ -221,15 +221,18 @@ class Updater:
     # ------------------------------------------------------------------ steps
     def _add_subject_negatives(self, specs: Sequence[PieceSpec], piece_keys: np.ndarray) -> None:
         """Other relations of each piece's subject ("Danielle Darrieux was born in" when her
-        mother tongue is edited), kept as retained prompts without a target: hard negatives
-        of the gate and retention prompts. Those as close to one of the update's own keys as
-        an unlisted paraphrase would be are left out, and so are stored texts."""
+        mother tongue is edited) and the same relation of other subjects ("The mother tongue of
+        Marie Curie is"), kept as retained prompts without a target: hard negatives of the gate
+        and retention prompts. Those as close to one of the update's own keys as an unlisted
+        paraphrase would be are left out, and so are stored texts."""
         own = [t for s in specs for t in (s.prompt, *s.paraphrases)]
         candidates: list[str] = []
         for spec in specs:
             subject = spec.subject or guess_subject(spec.prompt)
             if subject:
                 candidates += subject_negatives(subject, exclude=own)
+                for text in (spec.prompt, *spec.paraphrases):
+                    candidates += swapped_negatives(text, subject)
         taken = self._stored_texts() | {norm_prompt(t) for t in own} | {
             norm_prompt(r.prompt) for r in self.retain}
         candidates = [c for c in dict.fromkeys(candidates) if norm_prompt(c) not in taken]

@@ -8,11 +8,13 @@ import pytest
 
 from memory_store.errors import InvalidInput
 from memory_store.general_prompts import (
+    OTHER_SUBJECTS,
     general_prompts,
     guess_subject,
     load_user_prompts,
     render,
     subject_negatives,
+    swapped_negatives,
 )
 
 
@@ -32,6 +34,16 @@ def test_heldout_shares_no_subject_with_train():
     for subjects, _ in HELDOUT.values():
         for subject in subjects:
             assert f" {subject.lower()}" not in train_text, subject
+
+
+def test_swapped_subjects_are_not_heldout_subjects():
+    from scripts.make_general_prompts import HELDOUT
+
+    held = {s.lower() for subjects, _ in HELDOUT.values() for s in subjects}
+    assert not held & {s.lower() for s in OTHER_SUBJECTS}
+    negs = swapped_negatives("The mother tongue of Danielle Darrieux is", "Danielle Darrieux")
+    assert len(negs) == 4 and all("Danielle Darrieux" not in n for n in negs)
+    assert swapped_negatives("no subject here", "Danielle Darrieux") == []
 
 
 def test_render_uses_chat_template_only_for_chat_prompts():

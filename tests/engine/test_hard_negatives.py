@@ -25,6 +25,8 @@ def test_subject_relations_are_kept_as_negatives(default_model: Path, tmp_path: 
     retained = {r.prompt for r in loka.live.snapshot.retain}
     assert "Veltoria was born in" in retained
     assert "Tell me about Veltoria." in retained
+    # the same relation asked of other subjects
+    assert any(r.startswith("The capital of ") and "Veltoria" not in r for r in retained)
     assert not retained & {piece.prompt, *piece.paraphrases}  # never the piece's own texts
     # the gate was trained with them as negatives: they do not route to the new memory
     routes = loka.route(["Veltoria was born in", piece.prompt])
