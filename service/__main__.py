@@ -17,13 +17,9 @@ logger = logging.getLogger("service")
 
 def main() -> int:
     """Start the server and block until it stops; the exit status."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = load_settings(logger)
     if settings is None:
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
 
     from service.main import create_app  # imports torch; after the settings are known good
 

@@ -119,10 +119,12 @@ class Settings(BaseSettings):
 
 
 def load_settings(log: logging.Logger) -> Settings | None:
-    """The settings from the environment, or None after logging each invalid variable (without
-    its value: it may hold a token)."""
+    """Set up logging and read the settings from the environment; None after logging each
+    invalid variable (without its value: it may hold a token)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
@@ -130,3 +132,5 @@ def load_settings(log: logging.Logger) -> Settings | None:
         )
         log.error("invalid settings (LOKA_* environment variables):\n%s", problems)
         return None
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return settings

@@ -20,13 +20,9 @@ logger = logging.getLogger("service.worker")
 
 def main() -> int:
     """Run jobs until stopped; the exit status."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = load_settings(logger)
     if settings is None:
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
