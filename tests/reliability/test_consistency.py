@@ -66,9 +66,16 @@ def read_until(url: str, stop: threading.Event, stream: bool) -> list[tuple[str,
     return seen
 
 
-def references(client: httpx.Client) -> tuple[int, dict[str, str]]:
-    """The current version and its answer to every prompt (nothing is being published)."""
+def references(client: httpx.Client, expect: int = 0) -> tuple[int, dict[str, str]]:
+    """The current version and its answer to every prompt (nothing is being published).
+    A job is marked done in the transaction that publishes its version and the server switches
+    to that version right after, so wait until it serves at least ``expect``."""
+    deadline = time.monotonic() + 30.0
     version = client.get("/v1/codebook").json()["version"]
+    while version < expect and time.monotonic() < deadline:
+        time.sleep(0.05)
+        version = client.get("/v1/codebook").json()["version"]
+    assert version >= expect, (version, expect)
     answers = {}
     for prompt in PROMPTS:
         _, text, seen_version = generate(client, prompt, stream=False)
@@ -95,12 +102,14 @@ def test_each_response_is_one_published_version(make_server: Callable[..., LokaS
                         "options": {"steps": 60}}
                 job = wait_job(client, accepted(client.post("/v1/updates", json=body)))
                 assert job["status"] == "succeeded", job
-                version, refs[job["result"]["codebook_version"]] = references(client)
+                published = job["result"]["codebook_version"]
+                version, refs[published] = references(client, published)
                 time.sleep(0.5)
             rolled = wait_job(client, accepted(client.post("/v1/codebook/rollback",
                                                             json={"version": 1})))  # version 3 = 1
             assert rolled["status"] == "succeeded", rolled
-            version, refs[rolled["result"]["codebook_version"]] = references(client)
+            published = rolled["result"]["codebook_version"]
+            version, refs[published] = references(client, published)
             time.sleep(0.5)
         finally:
             stop.set()
