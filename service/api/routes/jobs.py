@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AdminAuth, ApiAuth, JobsDep
+from service.api.deps import AdminAuth, ApiAuth, JobsDep, StateDep
 from service.errors import not_found
 from service.schemas import JOB_ID_PATTERN, JobList, JobOut, JobStatus
 
@@ -36,9 +36,18 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", dependencies=[ApiAuth])
-async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
-    """One job: status, progress while it runs, result or error when it ends."""
+async def get_job(job_id: str, jobs: JobsDep, state: StateDep) -> JobOut:
+    """One job: status, progress while it runs, result or error when it ends.
+
+    Read your writes: a job is marked done in the transaction that publishes its version, and
+    whichever process ran it, this server switches to that version before it answers that the
+    job succeeded (the head follower would within a second anyway)."""
     job = await run_in_threadpool(jobs.get, checked_job_id(job_id))
+    published = (job.result or {}).get("codebook_version")
+    engine = state.engine
+    if (job.status == "succeeded" and isinstance(published, int) and engine is not None
+            and engine.version < published):
+        await run_in_threadpool(engine.refresh)
     return JobOut.of(job)
 
 
