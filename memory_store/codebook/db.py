@@ -17,6 +17,7 @@ PostgreSQL and is a no-op on SQLite (followers poll there).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import sqlite3
@@ -69,8 +70,9 @@ class Tx:
         return int(row[0]) if row else 0
 
 
-class Database:
-    """A connection (guarded by a lock, so one thread at a time) to the codebook's database."""
+class Database(abc.ABC):
+    """A connection (guarded by a lock, so one thread at a time) to the codebook's database.
+    Abstract: ``SqliteDatabase`` and ``PostgresDatabase`` implement the engine specifics."""
 
     dialect = "?"
     for_update = ""  # appended to a SELECT that locks its rows
@@ -82,23 +84,24 @@ class Database:
         self.lock = threading.RLock()
 
     # -- engine specifics ------------------------------------------------------------------
+    @abc.abstractmethod
     def _execute(self, raw: Any, sql: str, params: Params) -> Any:
-        raise NotImplementedError
+        """Run one statement on ``raw`` (the engine's connection)."""
 
-    def _notify(self, raw: Any, channel: str, payload: str) -> None:
-        pass
+    def _notify(self, raw: Any, channel: str, payload: str) -> None:  # noqa: B027
+        """Tell other processes of a new version (PostgreSQL); SQLite replicas poll instead."""
 
-    @contextlib.contextmanager
-    def _begin(self, write: bool) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def _begin(self, write: bool) -> contextlib.AbstractContextManager[Any]:
+        """A transaction on the engine's connection (a context manager yielding it)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection."""
 
+    @abc.abstractmethod
     def errors(self) -> tuple[type[BaseException], ...]:
         """The engine's own exception classes (turned into ``StoreError`` by callers)."""
-        raise NotImplementedError
 
     # -- common ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -110,8 +113,9 @@ class Database:
         """Statements outside a transaction (each commits on its own). Hold ``lock``."""
         return Tx(self, self._autocommit_conn())
 
+    @abc.abstractmethod
     def _autocommit_conn(self) -> Any:
-        raise NotImplementedError
+        """The connection for statements outside a transaction."""
 
     def query(self, sql: str, params: Params = ()) -> list[tuple]:
         with self.lock:
@@ -151,8 +155,9 @@ class Database:
                        (len(migrations),))
         return len(migrations)
 
-    def _migration_lock(self, tx: Tx) -> None:
-        pass
+    def _migration_lock(self, tx: Tx) -> None:  # noqa: B027
+        """Serialise migrations across processes (PostgreSQL: an advisory lock); SQLite's write
+        transaction already does."""
 
 
 class SqliteDatabase(Database):
