@@ -132,13 +132,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                     cache_dir=args.cache_dir,
                     command="python -m benchmarks run "
                     + shlex.join(sys.argv[_bench_argv_start():]))
-    results = run(cfg, jobs=args.jobs, verbose=getattr(args, "verbose", False))
     out.mkdir(parents=True, exist_ok=True)
+
+    def partial(results: dict) -> None:  # what is done so far survives a later failure
+        write_json(results, out / "results.json")
+
+    results = run(cfg, jobs=args.jobs, verbose=getattr(args, "verbose", False),
+                  on_part=partial)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(render(results))
     plots = write_plots(results, out)
     logger.info("wrote %s, %s and %d plots in %.1f min", out / "results.json",
                 out / "results.md", len(plots), results["meta"]["seconds"] / 60)
+    if results["failures"]:
+        for f in results["failures"]:
+            logger.error("failed: %s/%s: %s", f["suite"], f["part"], f["error"])
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Quality and cost of one joint update on the built-in model.
+"""Quality and cost of one joint update on the tiny fact-trained GPT-2 (``LOKA_MODEL=tiny``).
 
 Edits 20 facts and unlearns 20 others in ONE batch, then measures on the served model:
 edit success (greedy output contains the new target) on the edited prompts, their supplied
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from memory_store import Loka, LokaConfig
+from memory_store.engine import default_background
 from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, counterfactual_answer
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
@@ -38,6 +39,27 @@ def pick(n_edit: int, n_unlearn: int):
     return edits, unlearns
 
 
+def evaluation_split(edits, unlearns) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """(related prompts, unrelated prompts, background): what the run scores and what the gate
+    may use as negatives, disjoint.
+
+    Related: the other facts of the touched entities (every phrasing of them stays out of the
+    background). Unrelated: the untouched entities and general prompts at even positions; the
+    odd ones are the background, with the touched entities' own facts."""
+    touched = {(f.entity, f.relation) for f in (*edits, *unlearns)}
+    entities = {f.entity for f in (*edits, *unlearns)}
+    related_facts = [f for f in FACTS if f.entity in entities
+                     and (f.entity, f.relation) not in touched]
+    others = sorted({f.entity for f in FACTS} - entities)
+    held_out = set(others[::2])
+    unrelated = [f.prompts[0] for f in FACTS if f.entity in held_out]
+    unrelated += list(GENERAL_PROMPTS[::2])
+    scored = {p for f in related_facts for p in f.prompts} | {
+        p for f in FACTS if f.entity in held_out for p in f.prompts} | set(unrelated)
+    background = tuple(p for p in default_background() if p not in scored)
+    return [f.prompts[0] for f in related_facts], unrelated, background
+
+
 def _gen(loka: Loka, prompts: list[str], memory: str = "auto", n: int = 8):
     return loka.generate([GenerationRequest(p, n, memory=memory) for p in prompts])
 
@@ -53,13 +75,9 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
     pieces += [PieceSpec(PieceKind.UNLEARN, f.prompts[0], " " + f.answer, (f.prompts[1],))
                for f in unlearns]
     with tempfile.TemporaryDirectory() as tmp:
-        loka = Loka.open(Path(tmp), config=config)
-        touched = {(f.entity, f.relation) for f in (*edits, *unlearns)}
-        entities = {f.entity for f in (*edits, *unlearns)}
-        related = [f.prompts[0] for f in FACTS
-                   if f.entity in entities and (f.entity, f.relation) not in touched]
-        unrelated = [f.prompts[0] for f in FACTS if f.entity not in entities] + list(
-            GENERAL_PROMPTS)
+        related, unrelated, background = evaluation_split(edits, unlearns)
+        # evaluation is never training: no scored prompt is a gate negative or retain prompt
+        loka = Loka.open(Path(tmp), model="tiny", config=config, background_prompts=background)
         base_related = _gen(loka, related, "none")
         base_unrelated = _gen(loka, unrelated, "none")
         base_unlearn = _gen(loka, [f.prompts[0] for f in unlearns], "none")
@@ -84,6 +102,10 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
             outs = _gen(loka, prompts, n=12)
             return [a not in o.text for a, o in zip(answers, outs, strict=True)]
 
+        heldout = [q for f in (*edits, *unlearns) for q in f.prompts[2:]]
+        overlap = sorted(set(related + unrelated + heldout) & loka.training_prompts())
+        if overlap:
+            raise RuntimeError(f"evaluation prompts used in training: {overlap[:3]}")
         rel = _gen(loka, related)
         unrel = _gen(loka, unrelated)
         metrics = {
@@ -105,7 +127,9 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
             "n_edit": n_edit, "n_unlearn": n_unlearn, "update_seconds": round(seconds, 2),
             "memories": len(loka.memories()), "memories_created": len(result.memories_created),
             "decisions": {k: v.decision for k, v in result.decisions.items()},
-            "n_related": len(related), "n_unrelated": len(unrelated), "metrics": metrics,
+            "n_related": len(related), "n_unrelated": len(unrelated),
+            "n_background": len(background), "eval_training_overlap": len(overlap),
+            "metrics": metrics,
         }
         loka.close()
     return report
@@ -123,7 +147,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     rows = "\n".join(f"| {k} | {v} |" for k, v in report["metrics"].items())
     (args.out / "results.md").write_text(
-        f"# {args.edits} edits + {args.unlearn} unlearning requests, one batch, built-in model\n\n"
+        f"# {args.edits} edits + {args.unlearn} unlearning requests, one batch, tiny model\n\n"
         f"Update took {report['update_seconds']} s ({report['memories']} memories).\n\n"
         f"| metric | value |\n|---|---|\n{rows}\n")
     logger.info("%s", json.dumps(report, indent=2))

@@ -71,9 +71,14 @@ def _columns(suite: str) -> list:
     return PKU_COLUMNS if suite == "pku" else QA_COLUMNS
 
 
+def _complete(results: dict[str, Any]) -> dict[str, Any]:
+    """The suites whose main part finished (a failed one may have left its sequential part)."""
+    return {n: s for n, s in results["suites"].items() if "settings" in s}
+
+
 def _models(results: dict[str, Any]) -> str:
     rows = []
-    for name, s in results["suites"].items():
+    for name, s in _complete(results).items():
         m = s["model"]
         k = m.get("knowledge", {})
         rows.append([name, str(m.get("n_params", "?")), _num(k.get("acc_canonical"), "p"),
@@ -191,12 +196,16 @@ def render(results: dict[str, Any]) -> str:
            "Paraphrases are never given to any method.\n",
            "## Base models (knowledge before any update: the ceiling of retain)\n",
            _models(results) + "\n", "## Headline: LOKA against the baselines\n"]
-    for name, suite in results["suites"].items():
+    if results.get("failures"):
+        out.insert(1, "**Failed parts** (the tables below lack them):\n\n" + "\n".join(
+            f"- {f['suite']} / {f['part']}: `{f['error']}`" for f in results["failures"])
+            + "\n")
+    for name, suite in _complete(results).items():
         out += _headline(name, suite, seeds)
-    if any(s["settings"][k].get("ablations") for s in results["suites"].values()
+    if any(s["settings"][k].get("ablations") for s in _complete(results).values()
            for k in s["settings"]):
         out.append(f"## Ablations (seed {meta['seeds'][0]})\n")
-        for name, suite in results["suites"].items():
+        for name, suite in _complete(results).items():
             out += _ablations(name, suite)
     for name, suite in results["suites"].items():
         if "sequential" in suite:
@@ -215,6 +224,6 @@ def render(results: dict[str, Any]) -> str:
                        f"(`conflict_{name}.png`)\n")
             out.append(_conflict(suite["conflict"]) + "\n")
     out.append("## Data (sha256)\n")
-    hashes = {k: v for s in results["suites"].values() for k, v in s["data_sha256"].items()}
+    hashes = {k: v for s in _complete(results).values() for k, v in s["data_sha256"].items()}
     out.append("\n".join(f"- `{k}`: `{v}`" for k, v in sorted(hashes.items())) + "\n")
     return "\n".join(out)

@@ -241,12 +241,36 @@ def _parts(cfg: RunConfig) -> list[tuple[str, str]]:
     return parts
 
 
-def run(cfg: RunConfig, jobs: int = 1, verbose: bool = False) -> dict[str, Any]:
+def _merge(results: dict[str, Any], pending: dict[str, Any], name: str, part: str,
+           value: Any) -> None:
+    """Put one finished part into ``results``; a sequential part waits in ``pending`` until
+    its suite's main part is there (or stands alone if that part failed)."""
+    suites = results["suites"]
+    if part == "main":
+        suites[name] = value
+    elif value is not None:
+        pending[name] = value
+    if name in pending and name in suites:
+        seq = pending.pop(name)
+        main = suites[name]
+        main["sequential"] = seq
+        # whichever part found the model missing built it (the other waited for it)
+        main["prepare_seconds"] = max(main["prepare_seconds"], seq["prepare_seconds"])
+        main["model"]["built_in_run"] = (main["model"].get("built_in_run", False)
+                                         or seq["model_built_in_run"])
+
+
+def run(cfg: RunConfig, jobs: int = 1, verbose: bool = False,
+        on_part: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the benchmark described by ``cfg``; returns the ``results.json`` content.
 
     With ``jobs`` > 1 the parts (each suite's main part, each sequential protocol) run in that
     many worker processes, one torch thread each; a part prepares its base model if it is not
-    cached (a file lock makes a second part wait for the first's build)."""
+    cached (a file lock makes a second part wait for the first's build).
+
+    A part that fails is logged at once and listed in ``failures`` (suite, part, error); the
+    others go on. ``on_part(results)`` is called after every finished or failed part, so the
+    caller can write what is done so far."""
     started = time.perf_counter()
     torch.set_num_threads(1)
     results: dict[str, Any] = {
@@ -258,33 +282,54 @@ def run(cfg: RunConfig, jobs: int = 1, verbose: bool = False) -> dict[str, Any]:
                  "torch": torch.__version__, "platform": platform.platform(),
                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "suites": {},
+        "failures": [],
     }
+    pending: dict[str, Any] = {}
+
+    def finished(name: str, part: str, value: Any = None, error: BaseException | None = None
+                 ) -> None:
+        if error is not None:
+            logger.error("part %s/%s FAILED: %s: %s (the other parts go on)", name, part,
+                         type(error).__name__, error)
+            results["failures"].append({"suite": name, "part": part,
+                                        "error": f"{type(error).__name__}: {error}"})
+        else:
+            _merge(results, pending, name, part, value)
+            logger.info("part %s/%s done", name, part)
+        results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+        if on_part is not None:
+            on_part(results)
+
     parts = _parts(cfg)
-    done: list[tuple[str, str, Any]] = []
     if jobs <= 1:
-        done = [_part(cfg, n, p) for n, p in parts]
+        for n, p in parts:
+            try:
+                value = _part(cfg, n, p)[2]
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                logger.debug("part %s/%s", n, p, exc_info=True)
+                finished(n, p, error=exc)
+            else:
+                finished(n, p, value)
     else:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # the longest parts first, so that the last worker is not left with a long one
         order = sorted(parts, key=lambda np_: (np_[1] != "sequential", np_[0] != "tofu"))
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_part, cfg, n, p, verbose) for n, p in order]
-            done = [f.result() for f in futures]
-    for name, part, value in done:
-        if part == "main":
-            results["suites"][name] = value
-    for name, part, value in done:
-        if part == "sequential" and value is not None:
-            main = results["suites"][name]
-            main["sequential"] = value
-            # whichever part found the model missing built it (the other waited for it)
-            main["prepare_seconds"] = max(main["prepare_seconds"], value["prepare_seconds"])
-            main["model"]["built_in_run"] = (main["model"].get("built_in_run", False)
-                                             or value["model_built_in_run"])
-    results["suites"] = {n: results["suites"][n] for n in cfg.suites}
+            futures = {pool.submit(_part, cfg, n, p, verbose): (n, p) for n, p in order}
+            for f in as_completed(futures):
+                n, p = futures[f]
+                try:
+                    value = f.result()[2]
+                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                    finished(n, p, error=exc)
+                else:
+                    finished(n, p, value)
+    for name, seq in pending.items():  # its main part failed: keep the sequential result
+        results["suites"][name] = {"sequential": seq}
+    results["suites"] = {n: results["suites"][n] for n in cfg.suites if n in results["suites"]}
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     return results
 

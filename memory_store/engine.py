@@ -193,6 +193,16 @@ class Loka:
     def background_keys(self) -> np.ndarray:
         return self.background.keys()
 
+    def training_prompts(self) -> frozenset[str]:
+        """Every prompt the engine may train on or use as a gate negative at the live version:
+        the background prompts, the stored retain prompts (the updates' own and the subject
+        hard negatives) and the stored pieces' prompts and paraphrases. A benchmark checks that
+        none of its evaluation prompts is among them."""
+        snap = self._live.snapshot
+        texts = set(self.background.prompts) | {r.prompt for r in snap.retain}
+        texts |= {t for p in snap.pieces.values() for t in (p.prompt, *p.paraphrases)}
+        return frozenset(texts)
+
     def route(self, prompts: Sequence[str]) -> list[Route]:
         """Which memory would serve each prompt (None: the base model)."""
         return self.serving.route(self._live, prompts)
