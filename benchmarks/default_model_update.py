@@ -22,6 +22,7 @@ from memory_store import Loka, LokaConfig
 from memory_store.engine import default_background
 from memory_store.models.builtin import FACTS, GENERAL_PROMPTS, counterfactual_answer
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
+from memory_store.update.updater import hard_negative_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -39,25 +40,41 @@ def pick(n_edit: int, n_unlearn: int):
     return edits, unlearns
 
 
-def evaluation_split(edits, unlearns) -> tuple[list[str], list[str], tuple[str, ...]]:
+def make_pieces(edits, unlearns) -> list[PieceSpec]:
+    """Each fact's canonical prompt with its question-style phrasing as the one supplied
+    paraphrase; the other phrasings are held out."""
+    pieces = [PieceSpec(PieceKind.EDIT, f.prompts[0], " " + counterfactual_answer(f),
+                        (f.prompts[1],)) for f in edits]
+    pieces += [PieceSpec(PieceKind.UNLEARN, f.prompts[0], " " + f.answer, (f.prompts[1],))
+               for f in unlearns]
+    return pieces
+
+
+def evaluation_split(edits, unlearns, pieces: list[PieceSpec]
+                     ) -> tuple[list[str], list[str], tuple[str, ...]]:
     """(related prompts, unrelated prompts, background): what the run scores and what the gate
     may use as negatives, disjoint.
 
-    Related: the other facts of the touched entities (every phrasing of them stays out of the
-    background). Unrelated: the untouched entities and general prompts at even positions; the
-    odd ones are the background, with the touched entities' own facts."""
+    Related: the other facts of the touched entities, each in its first phrasing that is not
+    one of the update's subject hard negatives (a fact with none is not scored); no phrasing
+    of them is background. Unrelated: the untouched entities and general prompts at even
+    positions; the odd ones are the background, with the touched entities' own facts."""
+    negatives = set(hard_negative_candidates(pieces))
     touched = {(f.entity, f.relation) for f in (*edits, *unlearns)}
     entities = {f.entity for f in (*edits, *unlearns)}
     related_facts = [f for f in FACTS if f.entity in entities
                      and (f.entity, f.relation) not in touched]
+    related = [next(q for q in f.prompts if q not in negatives) for f in related_facts
+               if any(q not in negatives for q in f.prompts)]
     others = sorted({f.entity for f in FACTS} - entities)
     held_out = set(others[::2])
     unrelated = [f.prompts[0] for f in FACTS if f.entity in held_out]
     unrelated += list(GENERAL_PROMPTS[::2])
+    unrelated = [q for q in unrelated if q not in negatives]
     scored = {p for f in related_facts for p in f.prompts} | {
         p for f in FACTS if f.entity in held_out for p in f.prompts} | set(unrelated)
     background = tuple(p for p in default_background() if p not in scored)
-    return [f.prompts[0] for f in related_facts], unrelated, background
+    return related, unrelated, background
 
 
 def _gen(loka: Loka, prompts: list[str], memory: str = "auto", n: int = 8):
@@ -70,12 +87,9 @@ def _rate(flags: list[bool]) -> float:
 
 def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
     edits, unlearns = pick(n_edit, n_unlearn)
-    pieces = [PieceSpec(PieceKind.EDIT, f.prompts[0], " " + counterfactual_answer(f),
-                        (f.prompts[1],)) for f in edits]
-    pieces += [PieceSpec(PieceKind.UNLEARN, f.prompts[0], " " + f.answer, (f.prompts[1],))
-               for f in unlearns]
+    pieces = make_pieces(edits, unlearns)
     with tempfile.TemporaryDirectory() as tmp:
-        related, unrelated, background = evaluation_split(edits, unlearns)
+        related, unrelated, background = evaluation_split(edits, unlearns, pieces)
         # evaluation is never training: no scored prompt is a gate negative or retain prompt
         loka = Loka.open(Path(tmp), model="tiny", config=config, background_prompts=background)
         base_related = _gen(loka, related, "none")
@@ -85,10 +99,19 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
         result = loka.update(pieces)
         seconds = time.perf_counter() - start
 
+        negatives = set(hard_negative_candidates(pieces))
+
+        def phrasings(f, idx: int | slice) -> list[str]:
+            """Held-out phrasings that are one of the update's subject hard negatives are not
+            scored (counted in ``heldout_dropped``)."""
+            if isinstance(idx, int):
+                return [f.prompts[idx]]
+            return [q for q in f.prompts[idx] if q not in negatives]
+
         def edit_hits(idx: int | slice) -> list[bool]:
             prompts, targets = [], []
             for f in edits:
-                for q in (f.prompts[idx] if isinstance(idx, slice) else [f.prompts[idx]]):
+                for q in phrasings(f, idx):
                     prompts.append(q)
                     targets.append(counterfactual_answer(f))
             return [t in o.text for t, o in zip(targets, _gen(loka, prompts), strict=True)]
@@ -96,13 +119,14 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
         def unlearn_hits(idx: int | slice) -> list[bool]:
             prompts, answers = [], []
             for f in unlearns:
-                for q in (f.prompts[idx] if isinstance(idx, slice) else [f.prompts[idx]]):
+                for q in phrasings(f, idx):
                     prompts.append(q)
                     answers.append(f.answer)
             outs = _gen(loka, prompts, n=12)
             return [a not in o.text for a, o in zip(answers, outs, strict=True)]
 
-        heldout = [q for f in (*edits, *unlearns) for q in f.prompts[2:]]
+        heldout = [q for f in (*edits, *unlearns) for q in phrasings(f, slice(2, None))]
+        dropped = sum(len(f.prompts[2:]) for f in (*edits, *unlearns)) - len(heldout)
         overlap = sorted(set(related + unrelated + heldout) & loka.training_prompts())
         if overlap:
             raise RuntimeError(f"evaluation prompts used in training: {overlap[:3]}")
@@ -129,6 +153,7 @@ def run(n_edit: int, n_unlearn: int, config: LokaConfig | None = None) -> dict:
             "decisions": {k: v.decision for k, v in result.decisions.items()},
             "n_related": len(related), "n_unrelated": len(unrelated),
             "n_background": len(background), "eval_training_overlap": len(overlap),
+            "heldout_dropped": dropped,
             "metrics": metrics,
         }
         loka.close()

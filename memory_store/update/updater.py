@@ -133,6 +133,23 @@ class UpdateContext:
     lsh: LshTable
 
 
+
+def hard_negative_candidates(specs: Sequence[PieceSpec]) -> list[str]:
+    """The subject hard negatives an update of ``specs`` may add (before the engine drops
+    stored texts and those too close to the update's own keys): other relations of each
+    piece's subject and the piece's relation with other subjects. Deterministic, so that a
+    benchmark can keep its evaluation prompts out of them."""
+    own = [t for s in specs for t in (s.prompt, *s.paraphrases)]
+    candidates: list[str] = []
+    for spec in specs:
+        subject = spec.subject or guess_subject(spec.prompt)
+        if subject:
+            candidates += subject_negatives(subject, exclude=own)
+            for text in (spec.prompt, *spec.paraphrases):
+                candidates += swapped_negatives(text, subject)
+    return list(dict.fromkeys(candidates))
+
+
 class Updater:
     """Builds the version after ``snapshot``; one instance per change (``apply``,
     ``remove_pieces`` or ``drop_memory``), run under the engine's write lock."""
@@ -226,13 +243,7 @@ class Updater:
         and retention prompts. Those as close to one of the update's own keys as an unlisted
         paraphrase would be are left out, and so are stored texts."""
         own = [t for s in specs for t in (s.prompt, *s.paraphrases)]
-        candidates: list[str] = []
-        for spec in specs:
-            subject = spec.subject or guess_subject(spec.prompt)
-            if subject:
-                candidates += subject_negatives(subject, exclude=own)
-                for text in (spec.prompt, *spec.paraphrases):
-                    candidates += swapped_negatives(text, subject)
+        candidates = hard_negative_candidates(specs)
         taken = self._stored_texts() | {norm_prompt(t) for t in own} | {
             norm_prompt(r.prompt) for r in self.retain}
         candidates = [c for c in dict.fromkeys(candidates) if norm_prompt(c) not in taken]

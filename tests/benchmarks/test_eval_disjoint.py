@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from benchmarks import default_model_update as dmu
 from memory_store.models.builtin import FACTS
+from memory_store.update.updater import hard_negative_candidates
 
 
 def test_default_update_split_keeps_scored_prompts_out_of_the_background() -> None:
     edits, unlearns = dmu.pick(20, 20)
-    related, unrelated, background = dmu.evaluation_split(edits, unlearns)
+    pieces = dmu.make_pieces(edits, unlearns)
+    related, unrelated, background = dmu.evaluation_split(edits, unlearns, pieces)
+    negatives = set(hard_negative_candidates(pieces))
+    assert not set(related + unrelated) & negatives
     assert related and unrelated and background
     assert not set(related + unrelated) & set(background)
     # no phrasing of a related or held-out fact is a negative either
@@ -20,7 +24,7 @@ def test_default_update_split_keeps_scored_prompts_out_of_the_background() -> No
 
 
 def test_default_update_run_reports_no_overlap_with_what_the_engine_trained_on() -> None:
-    report = dmu.run(4, 4)
+    report = dmu.run(20, 20)
     # run() raises if any scored prompt is among the engine's training prompts after the
     # update (background, stored retain prompts including subject hard negatives, pieces)
     assert report["eval_training_overlap"] == 0
