@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.evaluate import base_knowledge, collect, compute_metrics
+from benchmarks.methods import METHODS, Budget
 from benchmarks.plots import write_plots
 from benchmarks.protocol import Case, Setting
 from benchmarks.report import render
 from benchmarks.runner import write_json
-from memory_store.types import PieceKind, RetainSpec
+from memory_store.types import PieceKind, PieceSpec, RetainSpec
 
 SETTING = Setting(
     "toy", "joint",
@@ -114,6 +115,36 @@ def test_edit_generality_averages_each_case_then_the_cases() -> None:
     assert m["edit_rel_acc"] == pytest.approx(0.75)
     assert m["edit_gen_acc"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["locality_tf"] == 1.0 and math.isnan(m["unlearn_prob_drop"])
+
+
+TINY = Setting(
+    "toy", "joint",
+    edits=(Case(PieceKind.EDIT, "The capital of Veltoria is", " Marrowick",
+                ("Veltoria's capital is",), " Arlo"),),
+    unlearns=(Case(PieceKind.UNLEARN, "Quellan plays the sport of", " tennis",
+                   ("Quellan's sport is",)),),
+    retain_train=(RetainSpec("The weather today is", " sunny"),),
+    retain_eval=(("The river of Sune is", " the Sune"),),
+    locality=(("Who wrote Hamlet?", " Shakespeare"), ("The sky is", " blue today")),
+)
+
+
+def test_metrics_of_a_real_update_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+    """The base model against itself changes nothing; gradient ascent on the forget answer
+    lowers its probability and moves the teacher-forced argmax on the locality pairs."""
+    served = METHODS["base"](tiny_model, [], [], Budget(), 0, tmp_path / "base")
+    base = collect(served, TINY, 6)
+    assert [len(base.preds[p]) for p in TINY.locality] == [
+        len(served.tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in TINY.locality]
+    same = compute_metrics(TINY, base, base, served.tokenizer)
+    assert same["locality_tf"] == same["locality"] == 1.0
+    assert same["unlearn_prob_drop"] == same["unlearn_logp_drop"] == 0.0
+    pieces = [PieceSpec(c.kind, c.prompt, c.target, c.paraphrases) for c in TINY.cases]
+    ga = METHODS["ga"](tiny_model, pieces, list(TINY.retain_train), Budget(steps=10),
+                       0, tmp_path / "ga")
+    m = compute_metrics(TINY, collect(ga, TINY, 6), base, served.tokenizer)
+    assert m["unlearn_logp_drop"] > 0 and 0 < m["unlearn_prob_drop"] <= 1
+    assert m["locality_tf"] < 1.0
 
 
 def _results() -> dict:
