@@ -1,14 +1,23 @@
 """Readers for the benchmark data (``../shared/data``, see its README): TOFU, ZsRE, CounterFact
-and PKU-SafeRLHF, as plain typed records, plus the data directory lookup and file hashes."""
+and PKU-SafeRLHF, as plain typed records, plus the data directory lookup and file hashes.
+
+The ZsRE, CounterFact and PKU readers skip a row whose prompt or answer text is missing or
+blank (ZsRE has a record with an empty ``alt``) and count it in a :class:`SkipReport`, by
+reason; a skipped row is never fatal."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "LOKA_BENCH_DATA"
@@ -69,6 +78,64 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                     yield json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{n}: invalid JSON ({exc.msg})") from exc
+
+
+@dataclass
+class SkipReport:
+    """Rows of one data file: how many were read and how many were skipped, by reason
+    (``"empty alt"``: the first blank or missing text field of the row)."""
+
+    file: str  # relative to the data directory
+    total_rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"total_rows": n, "skipped": {reason: count}}``."""
+        return {"total_rows": self.total_rows, "skipped": dict(self.skipped)}
+
+    def log(self) -> None:
+        if self.skipped:
+            logger.warning("%s: skipped %d of %d rows (%s)", self.file, self.n_skipped,
+                           self.total_rows, ", ".join(f"{k}: {v}" for k, v in
+                                                      sorted(self.skipped.items())))
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[T]):
+    """What a reader kept, and its report on the rows it skipped."""
+
+    rows: list[T]
+    report: SkipReport
+
+
+def _blank(row: dict, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` whose value is missing, not a string, or whitespace only."""
+    for name in names:
+        value = row.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return name
+    return None
+
+
+def _read_checked(data_dir: Path, report: SkipReport,
+                  check: Callable[[dict], str | None]) -> Iterator[dict]:
+    """Rows of ``report.file`` that pass ``check(row) -> reason | None``; the others are counted
+    in ``report`` (complete, and logged, once the rows run out)."""
+    for row in read_jsonl(data_dir / report.file):
+        report.total_rows += 1
+        reason = check(row) if isinstance(row, dict) else "not an object"
+        if reason is None:
+            yield row
+        else:
+            report.skip(reason)
+    report.log()
 
 
 # ---------------------------------------------------------------- TOFU
@@ -135,19 +202,54 @@ class FactRecord:
     loc_answer: str
 
 
-def load_zsre(data_dir: Path) -> list[FactRecord]:
-    out = []
-    for r in read_jsonl(data_dir / "zsre/zsre_mend_train_1k.jsonl"):
-        answer = r["answers"][0] if r["answers"] else r["pred"]
-        out.append(FactRecord(r["subject"], r["src"], answer, r["alt"], r["rephrase"], r["loc"],
-                              r["loc_ans"]))
-    return out
+ZSRE_FILE = "zsre/zsre_mend_train_1k.jsonl"
+COUNTERFACT_FILE = "counterfact/counterfact.jsonl"
+PKU_FILE = "pku_saferlhf/pku_saferlhf_test_pairs.jsonl"
 
 
-def load_counterfact(data_dir: Path) -> list[FactRecord]:
-    return [FactRecord(r["subject"], r["prompt"], r["ground_truth"], r["target_new"],
-                       r["rephrase_prompt"], r["locality_prompt"], r["locality_ground_truth"])
-            for r in read_jsonl(data_dir / "counterfact/counterfact.jsonl")]
+def _zsre_answer(row: dict) -> str:
+    """The first non-blank gold answer, else the old model's prediction (``pred``)."""
+    answers = row.get("answers")
+    for a in answers if isinstance(answers, list) else ():
+        if isinstance(a, str) and a.strip():
+            return a
+    pred = row.get("pred")
+    return pred if isinstance(pred, str) else ""
+
+
+def _check_zsre(row: dict) -> str | None:
+    blank = _blank(row, ("src", "rephrase", "alt", "loc", "loc_ans"))
+    if blank is not None:
+        return f"empty {blank}"
+    return None if _zsre_answer(row).strip() else "empty answers"
+
+
+def load_zsre(data_dir: Path) -> Loaded[FactRecord]:
+    """ZsRE facts ``src -> answers[0]`` (edit target ``alt``), in file order."""
+    rows, report = [], SkipReport(ZSRE_FILE)
+    for r in _read_checked(data_dir, report, _check_zsre):
+        rows.append(FactRecord(str(r.get("subject") or ""), r["src"], _zsre_answer(r), r["alt"],
+                               r["rephrase"], r["loc"], r["loc_ans"]))
+    return Loaded(rows, report)
+
+
+_COUNTERFACT_TEXT = ("prompt", "target_new", "ground_truth", "rephrase_prompt",
+                     "locality_prompt", "locality_ground_truth")
+
+
+def load_counterfact(data_dir: Path) -> Loaded[FactRecord]:
+    """CounterFact facts ``prompt -> ground_truth`` (edit target ``target_new``), in file
+    order."""
+    def check(row: dict) -> str | None:
+        blank = _blank(row, _COUNTERFACT_TEXT)
+        return None if blank is None else f"empty {blank}"
+
+    rows, report = [], SkipReport(COUNTERFACT_FILE)
+    for r in _read_checked(data_dir, report, check):
+        rows.append(FactRecord(str(r.get("subject") or ""), r["prompt"], r["ground_truth"],
+                               r["target_new"], r["rephrase_prompt"], r["locality_prompt"],
+                               r["locality_ground_truth"]))
+    return Loaded(rows, report)
 
 
 # ---------------------------------------------------------------- PKU-SafeRLHF
@@ -160,13 +262,25 @@ class SafetyPair:
     unsafe: str
 
 
-def load_pku(data_dir: Path) -> list[SafetyPair]:
-    """The first response pair of every distinct prompt, in file order."""
+def _check_pku(row: dict) -> str | None:
+    if _blank(row, ("prompt",)):
+        return "empty prompt"
+    response = row.get("response")
+    if not isinstance(response, list) or len(response) != 2:
+        return "response is not a pair"
+    for name, text in zip(("safe", "unsafe"), response, strict=True):
+        if not isinstance(text, str) or not text.strip():
+            return f"empty {name} response"
+    return None
+
+
+def load_pku(data_dir: Path) -> Loaded[SafetyPair]:
+    """The first complete response pair of every distinct prompt, in file order."""
     seen: set[str] = set()
-    out = []
-    for r in read_jsonl(data_dir / "pku_saferlhf/pku_saferlhf_test_pairs.jsonl"):
+    out, report = [], SkipReport(PKU_FILE)
+    for r in _read_checked(data_dir, report, _check_pku):
         if r["prompt"] in seen:
             continue
         seen.add(r["prompt"])
         out.append(SafetyPair(r["prompt"], r["response"][0], r["response"][1]))
-    return out
+    return Loaded(out, report)

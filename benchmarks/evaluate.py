@@ -1,18 +1,29 @@
 """Evaluation of a served model on one setting (LOKA.md section 4).
 
-``collect`` runs every greedy generation and teacher-forced score the metrics need, once per
-prompt; ``compute_metrics`` turns a method's outputs and the base model's into the metrics:
+``collect`` runs every greedy generation, teacher-forced score and teacher-forced argmax the
+metrics need, once per prompt; ``compute_metrics`` turns a method's outputs and the base
+model's into the metrics:
 
-- edits: token accuracy of the new target on the prompt (``edit_rel_acc``) and on its held-out
-  paraphrase (``edit_gen_acc``), greedy exact match (``edit_rel_em`` / ``edit_gen_em``), ROUGE-L
-  recall of the target in the greedy output (``edit_rouge``) and how far the old answer's
-  log-probability fell (``edit_old_logp_drop``, nats; PKU: the unsafe response);
+- edits (EasyEdit's reliability / generality): teacher-forced token accuracy of the new target
+  (the share of target positions whose argmax is the target token, per case, then averaged over
+  cases) on the prompt (``edit_rel_acc``) and on its held-out paraphrases (``edit_gen_acc``);
+  greedy exact match (``edit_rel_em`` / ``edit_gen_em``), ROUGE-L recall of the target in the
+  greedy output (``edit_rouge``) and how far the old answer's log-probability fell
+  (``edit_old_logp_drop``, nats; PKU: the unsafe response);
 - unlearning: 1 - ROUGE-L recall of the forgotten answer in the greedy output on the prompt
-  (``unlearn_eff``) and its paraphrase (``unlearn_gen``), and the drop of the answer's
+  (``unlearn_eff``) and its paraphrase (``unlearn_gen``); the drop of the answer's
   log-probability against the base (``unlearn_logp_drop``, ``unlearn_gen_logp_drop``, and
-  ``unlearn_alt_logp_drop`` for TOFU's paraphrased answers);
+  ``unlearn_alt_logp_drop`` for TOFU's paraphrased answers) and of its length-normalised
+  probability (``unlearn_prob_drop``: p_base - p_model with p = exp(logp / tokens), in [-1, 1]);
 - retain: ROUGE-L recall on D_r (``retain_rouge``) and its ratio to the base's (``retain_ratio``);
-- locality: token agreement of greedy outputs on D_g before and after (``locality``).
+- locality on D_g: token agreement of the greedy outputs before and after (``locality``), and
+  EasyEdit's locality (``locality_tf``): the share of answer positions of each (prompt, answer)
+  where the model's teacher-forced argmax equals the unedited base model's, averaged over pairs.
+
+ROUGE-L is ``rouge-score``'s stemmed rougeL recall, as TOFU reports it
+(:mod:`benchmarks.metrics`). Pairs are tokenised as prompt (with special tokens) followed by the
+answer (which starts with its space), not EasyEdit's ``prompt + " " + answer`` in one call; for
+the BPE tokenizers used here the answer tokens are the same.
 """
 
 from __future__ import annotations
@@ -21,7 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.methods import Served
-from benchmarks.metrics import exact_match, mean, rouge_l_recall, token_agreement
+from benchmarks.metrics import (
+    exact_match,
+    mean,
+    mean_token_prob,
+    rouge_l_recall,
+    token_agreement,
+)
 from benchmarks.protocol import Case, Setting
 
 GEN_BATCH = 64
@@ -34,6 +51,8 @@ class Outputs:
 
     texts: dict[str, str] = field(default_factory=dict)  # prompt -> greedy output
     scores: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # locality (prompt, answer) -> teacher-forced argmax at each answer position
+    preds: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     routed: dict[str, bool] = field(default_factory=dict)  # codebook methods only
 
 
@@ -74,6 +93,8 @@ def collect(served: Served, setting: Setting, n_tokens: int,
         out.texts.update(zip(chunk, served.generate(chunk, n_tokens), strict=True))
     pairs = _pairs(cases)
     out.scores = dict(zip(pairs, served.score(pairs), strict=True))
+    loc = list(dict.fromkeys(setting.locality))
+    out.preds = dict(zip(loc, served.predictions(loc), strict=True))
     routed = getattr(served, "routed", None)
     if routed is not None:
         out.routed = dict(zip(prompts, routed(prompts), strict=True))
@@ -84,6 +105,19 @@ def _drop(base: Outputs, new: Outputs, pairs: list[tuple[str, str]]) -> float:
     return mean([base.scores[p][0] - new.scores[p][0] for p in pairs])
 
 
+def _prob_drop(base: Outputs, new: Outputs, pairs: list[tuple[str, str]], tokenizer) -> float:
+    def prob(o: Outputs, pair: tuple[str, str]) -> float:
+        n = len(tokenizer(pair[1], add_special_tokens=False)["input_ids"])
+        return mean_token_prob(o.scores[pair][0], n)
+
+    return mean([prob(base, p) - prob(new, p) for p in pairs])
+
+
+def _per_case(values: list[list[float]]) -> float:
+    """Mean over cases of each case's mean (cases without values skipped)."""
+    return mean([mean(v) for v in values if v])
+
+
 def compute_metrics(setting: Setting, out: Outputs, base: Outputs, tokenizer,
                     cases: Sequence[Case] | None = None) -> dict[str, float]:
     """Every metric of the module docstring (NaN where a subset is empty)."""
@@ -92,11 +126,12 @@ def compute_metrics(setting: Setting, out: Outputs, base: Outputs, tokenizer,
     unlearns = [c for c in cases if c.kind == "unlearn"]
     m: dict[str, float] = {}
     rel = [(c.prompt, c.target) for c in edits]
-    gen = [(q, c.target) for c in edits for q in c.paraphrases]
+    gen = [[(q, c.target) for q in c.paraphrases] for c in edits]
     m["edit_rel_acc"] = mean([out.scores[p][1] for p in rel])
-    m["edit_gen_acc"] = mean([out.scores[p][1] for p in gen])
+    m["edit_gen_acc"] = _per_case([[out.scores[p][1] for p in ps] for ps in gen])
     m["edit_rel_em"] = mean([float(exact_match(t, out.texts[q])) for q, t in rel])
-    m["edit_gen_em"] = mean([float(exact_match(t, out.texts[q])) for q, t in gen])
+    m["edit_gen_em"] = _per_case([[float(exact_match(t, out.texts[q])) for q, t in ps]
+                                  for ps in gen])
     m["edit_rouge"] = mean([rouge_l_recall(t, out.texts[q]) for q, t in rel])
     m["edit_old_logp_drop"] = _drop(base, out, [(c.prompt, c.old_answer) for c in edits
                                                 if c.old_answer])
@@ -105,6 +140,7 @@ def compute_metrics(setting: Setting, out: Outputs, base: Outputs, tokenizer,
     m["unlearn_eff"] = mean([1 - rouge_l_recall(t, out.texts[q]) for q, t in urel])
     m["unlearn_gen"] = mean([1 - rouge_l_recall(t, out.texts[q]) for q, t in ugen])
     m["unlearn_logp_drop"] = _drop(base, out, urel)
+    m["unlearn_prob_drop"] = _prob_drop(base, out, urel, tokenizer)
     m["unlearn_gen_logp_drop"] = _drop(base, out, ugen)
     m["unlearn_alt_logp_drop"] = _drop(base, out, [(c.prompt, a) for c in unlearns
                                                    for a in c.alt_answers])
@@ -118,6 +154,9 @@ def compute_metrics(setting: Setting, out: Outputs, base: Outputs, tokenizer,
 
     m["locality"] = mean([token_agreement(ids(base.texts[p]), ids(out.texts[p]))
                           for p, _ in setting.locality])
+    # EasyEdit: post vs pre argmax on loc_prompt + loc_ans (answers of no tokens skipped)
+    m["locality_tf"] = mean([token_agreement(base.preds[p], out.preds[p])
+                             for p in setting.locality if base.preds[p]])
     if out.routed:
         m["routed_requests"] = mean([float(out.routed[q]) for c in cases
                                      for q in (c.prompt, *c.paraphrases)])

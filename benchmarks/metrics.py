@@ -1,54 +1,35 @@
-"""Text metrics of the evaluation protocol (LOKA.md section 4), implemented here so the numbers
-do not depend on a third-party scorer: ROUGE-L on word tokens, exact match, token agreement,
-and mean / standard deviation over seeds."""
+"""Text metrics of the evaluation protocol (LOKA.md section 4): ROUGE-L as TOFU computes it
+(the ``rouge-score`` package, Porter stemming), exact match, token agreement, the
+length-normalised probability of a scored answer, and mean / standard deviation over seeds."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+from rouge_score import rouge_scorer
 
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (punctuation dropped), as ROUGE's default tokenizer does."""
-    return _WORD.findall(text.lower())
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token sequences (O(len a * len b))."""
-    if not a or not b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, start=1):
-            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1]
+# one scorer for every call; TOFU's eval builds RougeScorer(..., use_stemmer=True) and reports
+# the rougeL recall of the ground truth in the generation. Its tokenizer lower-cases and keeps
+# only [a-z0-9] runs (so "Müller" is two tokens, "m" and "ller"), as TOFU's numbers do.
+_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_l_recall(reference: str, hypothesis: str) -> float:
-    """ROUGE-L recall: LCS(reference, hypothesis) / len(reference), on word tokens.
-
-    An empty reference has nothing to recall: 0.0."""
-    ref = words(reference)
-    if not ref:
-        return 0.0
-    return lcs_length(ref, words(hypothesis)) / len(ref)
+    """ROUGE-L recall of ``reference`` in ``hypothesis`` (``rouge-score``'s rougeL, stemmed):
+    LCS / number of reference tokens. An empty reference or hypothesis scores 0.0."""
+    return float(_SCORER.score(reference, hypothesis)["rougeL"].recall)
 
 
 def rouge_l_f1(reference: str, hypothesis: str) -> float:
-    """ROUGE-L F-measure (beta = 1) on word tokens."""
-    ref, hyp = words(reference), words(hypothesis)
-    lcs = lcs_length(ref, hyp)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(hyp), lcs / len(ref)
-    return 2 * p * r / (p + r)
+    """ROUGE-L F-measure (beta = 1) of the same scorer."""
+    return float(_SCORER.score(reference, hypothesis)["rougeL"].fmeasure)
+
+
+def mean_token_prob(logprob: float, n_tokens: int) -> float:
+    """Length-normalised probability of an answer: exp(summed log-probability / tokens), the
+    per-token geometric mean (TOFU's "probability"); NaN for an answer of no tokens."""
+    return math.exp(logprob / n_tokens) if n_tokens > 0 else float("nan")
 
 
 def _norm(text: str) -> str:

@@ -55,6 +55,12 @@ def build_suite(name: str, scale: str, data_dir: Path) -> Suite:
     return builder(name, scale, data_dir, sizes, files)
 
 
+def _skipped(*reports: D.SkipReport) -> dict[str, dict]:
+    """``Suite.sizes["skipped_rows"]``: per data file, the rows read and those skipped by
+    reason (blank text fields; see :mod:`benchmarks.data`)."""
+    return {r.file: r.as_dict() for r in reports}
+
+
 def _retain(pairs: list[Pair]) -> tuple[RetainSpec, ...]:
     return tuple(RetainSpec(p, t) for p, t in pairs)
 
@@ -128,8 +134,8 @@ def _distinct_facts(records: list[D.FactRecord]) -> list[D.FactRecord]:
 
 
 def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
-    loader = D.load_zsre if name == "zsre" else D.load_counterfact
-    records = _distinct_facts(loader(data_dir))
+    loaded = (D.load_zsre if name == "zsre" else D.load_counterfact)(data_dir)
+    records = _distinct_facts(loaded.rows)
     n_stream = max(z["stream"], z["headline"])
     need = 2 * n_stream + z["retain_eval"] + z["retain_train"]
     if len(records) < need:
@@ -172,7 +178,7 @@ def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ..
                         tuple(general))
     sizes = {**z, "known_facts": len(known), "edits": h, "unlearns": h,
              "retain_eval": len(retain_eval), "retain_train": len(retain_train),
-             "locality": len(general)}
+             "locality": len(general), "skipped_rows": _skipped(loaded.report)}
     return Suite(name, scale, corpus, settings, sequential, files, sizes)
 
 
@@ -181,7 +187,8 @@ def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ..
 
 def _pku(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
     w = z["answer_words"]
-    pairs = [p for p in D.load_pku(data_dir)
+    loaded = D.load_pku(data_dir)
+    pairs = [p for p in loaded.rows
              if len(p.prompt.split()) <= z["prompt_words"]
              and answer(p.safe, w) != answer(p.unsafe, w)]
     h, ne, nt = z["headline"], z["retain_eval"], z["retain_train"]
@@ -202,5 +209,5 @@ def _pku(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]
     corpus = BaseCorpus(tuple((p.prompt, answer(p.unsafe, w)) for p in edit_rows + unlearn_rows)
                         + tuple(retain), (), general)
     sizes = {**z, "known_prompts": need, "edits": h, "unlearns": h, "retain_eval": ne,
-             "retain_train": nt, "locality": len(general)}
+             "retain_train": nt, "locality": len(general), "skipped_rows": _skipped(loaded.report)}
     return Suite(name, scale, corpus, (setting,), None, files, sizes)

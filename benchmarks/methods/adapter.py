@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from benchmarks.methods.base import Budget, UpdateStats, adapter_bytes
+from benchmarks.methods.predict import teacher_forced_argmax
 from memory_store.config import KeySettings, LoraSettings, TrainerSettings
 from memory_store.lora.layer import TrainState, inject, use_state
 from memory_store.lora.weights import AdapterWeights, init_adapter
@@ -95,6 +96,12 @@ class AdapterServed:
             acc = losses.target_accuracy(logits, batch.labels)
             out += [(float(a), float(b)) for a, b in zip(lp, acc, strict=True)]
         return out
+
+    def predictions(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        def adapter(chunk: list[tuple[str, str]]):
+            return use_state(BatchState([self.weights] * len(chunk), self.model.dtype,
+                                        self.model.device))
+        return teacher_forced_argmax(self.model, self.tokenizer, pairs, adapter)
 
     def footprint_bytes(self) -> int:
         return 0 if self.weights is None else adapter_bytes(self.layout, self.budget.rank)

@@ -2,7 +2,8 @@
 
 Every method is fitted with the same call,
 ``fit(model_dir, pieces, retain, budget, seed, workdir) -> Served``, and serves through the same
-four operations, so the benchmark treats LOKA, its ablations and the baselines alike.
+operations (generate, score, predictions, update), so the benchmark treats LOKA, its ablations
+and the baselines alike.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class Served(Protocol):
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:
         """Teacher-forced (summed log-probability, token accuracy) of each target."""
+        ...
+
+    def predictions(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """Teacher-forced argmax token at each answer position of each (prompt, answer), each
+        prompt served as ``generate`` serves it (EasyEdit's locality compares these before and
+        after an update). Implement with ``benchmarks.methods.predict.teacher_forced_argmax``."""
         ...
 
     def update(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = ()

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats, adapter_bytes
+from benchmarks.methods.predict import teacher_forced_argmax
 from memory_store.config import LokaConfig
 from memory_store.engine import Loka
+from memory_store.lora.layer import use_state
+from memory_store.serving.lora import BatchState
 from memory_store.types import GenerationRequest, PieceSpec, RetainSpec
 
 GRACE_RADIUS = 0.5
@@ -84,6 +87,17 @@ class LokaServed:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:
         return [(s.logprob, s.token_accuracy) for s in self.loka.score(pairs)]
+
+    def predictions(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """Argmax predictions with each prompt's memory as generation routes it (the engine's
+        ``score`` routing: the current version's router on the prompt's key)."""
+        runtime, live = self.loka.serving, self.loka.live
+
+        def routed(chunk: list[tuple[str, str]]):
+            routes = runtime.route(live, [p for p, _ in chunk])
+            adapters = [runtime.adapter(live, r.memory_id) for r in routes]
+            return use_state(BatchState(adapters, runtime.model.dtype, runtime.model.device))
+        return teacher_forced_argmax(runtime.model, runtime.tokenizer, pairs, routed)
 
     def routed(self, prompts: Sequence[str]) -> list[bool]:
         """Whether each prompt is served by a memory (False: the base model)."""

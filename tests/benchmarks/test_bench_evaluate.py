@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.evaluate import base_knowledge, collect, compute_metrics
+from benchmarks.methods import METHODS, Budget
 from benchmarks.plots import write_plots
 from benchmarks.protocol import Case, Setting
 from benchmarks.report import render
 from benchmarks.runner import write_json
-from memory_store.types import PieceKind, RetainSpec
+from memory_store.types import PieceKind, PieceSpec, RetainSpec
 
 SETTING = Setting(
     "toy", "joint",
@@ -27,13 +28,14 @@ SETTING = Setting(
 
 
 class Scripted:
-    """Answers from a table; scores as given."""
+    """Answers from a table; scores and teacher-forced predictions as given."""
 
     name = "scripted"
 
     def __init__(self, texts: dict[str, str], scores: dict[tuple[str, str], tuple[float, float]],
-                 routed: dict[str, bool] | None = None) -> None:
-        self.texts, self.scores = texts, scores
+                 routed: dict[str, bool] | None = None,
+                 preds: dict[tuple[str, str], list[int]] | None = None) -> None:
+        self.texts, self.scores, self.preds = texts, scores, preds or {}
         if routed is not None:
             self.routed = lambda prompts: [routed[p] for p in prompts]
 
@@ -42,6 +44,9 @@ class Scripted:
 
     def score(self, pairs):
         return [self.scores.get(p, (-1.0, 0.0)) for p in pairs]
+
+    def predictions(self, pairs):
+        return [self.preds[p] for p in pairs]
 
 
 class WordTokenizer:
@@ -59,8 +64,12 @@ BASE_SCORES = {("sport of Q?", " tennis on grass"): (-1.0, 1.0),
                ("capital of A?", " Bexley"): (-9.0, 0.0), ("A's capital?", " Bexley"): (-9.0, 0.0)}
 
 
+HAMLET = ("Who wrote Hamlet?", " Shakespeare")
+
+
 def test_metrics_of_a_scripted_update() -> None:
-    base = collect(Scripted(BASE_TEXTS, BASE_SCORES), SETTING, 8)
+    base = collect(Scripted(BASE_TEXTS, BASE_SCORES, preds={HAMLET: [1, 2, 3, 4]}), SETTING, 8)
+    assert base.preds == {HAMLET: [1, 2, 3, 4]}  # predictions are taken on the locality pairs
     texts = {**BASE_TEXTS, "capital of A?": " Bexley, of course", "A's capital?": " Arlo",
              "sport of Q?": " I don't know", "Q plays?": " tennis", "food of T?": " bread",
              "Who wrote Hamlet?": " Shakespeare wrote it"}
@@ -69,7 +78,7 @@ def test_metrics_of_a_scripted_update() -> None:
               (-11.0, 0.0), ("Q plays?", " tennis on grass"): (-4.0, 0.5),
               ("sport of Q?", " lawn tennis"): (-8.0, 0.0)}
     routed = {p: p in ("capital of A?", "sport of Q?") for p in BASE_TEXTS}
-    out = collect(Scripted(texts, scores, routed), SETTING, 8)
+    out = collect(Scripted(texts, scores, routed, {HAMLET: [1, 2, 9, 4]}), SETTING, 8)
     m = compute_metrics(SETTING, out, base, WordTokenizer())
     assert (m["edit_rel_acc"], m["edit_gen_acc"]) == (1.0, 0.5)
     assert (m["edit_rel_em"], m["edit_gen_em"]) == (1.0, 0.0)
@@ -77,13 +86,65 @@ def test_metrics_of_a_scripted_update() -> None:
     assert m["unlearn_eff"] == 1.0
     assert m["unlearn_gen"] == pytest.approx(1 - 1 / 3)
     assert m["unlearn_logp_drop"] == pytest.approx(10.0)
+    # " tennis on grass" is 3 tokens: per-token probability exp(-1/3) before, exp(-11/3) after
+    assert m["unlearn_prob_drop"] == pytest.approx(math.exp(-1 / 3) - math.exp(-11 / 3))
     assert m["unlearn_gen_logp_drop"] == pytest.approx(2.0)
     assert m["unlearn_alt_logp_drop"] == pytest.approx(5.0)
     assert m["retain_rouge"] == pytest.approx(0.5) and m["retain_ratio"] == pytest.approx(0.5)
     assert m["locality"] == pytest.approx(1 / 3)
+    assert m["locality_tf"] == pytest.approx(3 / 4)  # EasyEdit: 3 of 4 argmax tokens kept
     assert m["routed_requests"] == pytest.approx(0.5) and m["routed_locality"] == 0.0
     k = base_knowledge(SETTING, base)
     assert k["unlearn_answer_rouge"] == 1.0 and k["edit_target_acc"] == 0.0
+
+
+def test_edit_generality_averages_each_case_then_the_cases() -> None:
+    """EasyEdit's reliability / generality: token accuracy per case, then the mean over cases
+    (a case with two paraphrases counts once)."""
+    setting = Setting(
+        "toy", "joint",
+        edits=(Case(PieceKind.EDIT, "p1", " x", ("q1a", "q1b")),
+               Case(PieceKind.EDIT, "p2", " y", ("q2",))),
+        unlearns=(), retain_train=(), retain_eval=(), locality=(HAMLET,))
+    scores = {("p1", " x"): (-1.0, 1.0), ("p2", " y"): (-1.0, 0.5), ("q1a", " x"): (-1.0, 1.0),
+              ("q1b", " x"): (-1.0, 0.0), ("q2", " y"): (-1.0, 1.0)}
+    preds = {HAMLET: [7]}
+    base = collect(Scripted({}, {}, preds=preds), setting, 4)
+    out = collect(Scripted({}, scores, preds=preds), setting, 4)
+    m = compute_metrics(setting, out, base, WordTokenizer())
+    assert m["edit_rel_acc"] == pytest.approx(0.75)
+    assert m["edit_gen_acc"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["locality_tf"] == 1.0 and math.isnan(m["unlearn_prob_drop"])
+
+
+TINY = Setting(
+    "toy", "joint",
+    edits=(Case(PieceKind.EDIT, "The capital of Veltoria is", " Marrowick",
+                ("Veltoria's capital is",), " Arlo"),),
+    unlearns=(Case(PieceKind.UNLEARN, "Quellan plays the sport of", " tennis",
+                   ("Quellan's sport is",)),),
+    retain_train=(RetainSpec("The weather today is", " sunny"),),
+    retain_eval=(("The river of Sune is", " the Sune"),),
+    locality=(("Who wrote Hamlet?", " Shakespeare"), ("The sky is", " blue today")),
+)
+
+
+def test_metrics_of_a_real_update_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+    """The base model against itself changes nothing; gradient ascent on the forget answer
+    lowers its probability and moves the teacher-forced argmax on the locality pairs."""
+    served = METHODS["base"](tiny_model, [], [], Budget(), 0, tmp_path / "base")
+    base = collect(served, TINY, 6)
+    assert [len(base.preds[p]) for p in TINY.locality] == [
+        len(served.tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in TINY.locality]
+    same = compute_metrics(TINY, base, base, served.tokenizer)
+    assert same["locality_tf"] == same["locality"] == 1.0
+    assert same["unlearn_prob_drop"] == same["unlearn_logp_drop"] == 0.0
+    pieces = [PieceSpec(c.kind, c.prompt, c.target, c.paraphrases) for c in TINY.cases]
+    ga = METHODS["ga"](tiny_model, pieces, list(TINY.retain_train), Budget(steps=10),
+                       0, tmp_path / "ga")
+    m = compute_metrics(TINY, collect(ga, TINY, 6), base, served.tokenizer)
+    assert m["unlearn_logp_drop"] > 0 and 0 < m["unlearn_prob_drop"] <= 1
+    assert m["locality_tf"] < 1.0
 
 
 def _results() -> dict:

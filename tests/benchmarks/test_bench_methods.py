@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from benchmarks.methods import ABLATIONS, HEADLINE, METHODS, Budget, get_method
 from benchmarks.methods.adapter import AdapterServed
@@ -37,6 +38,13 @@ def test_every_method_fits_serves_and_updates(name: str, tiny_model: Path,
         scores = served.score([(p.prompt, p.target) for p in PIECES])
         assert len(scores) == 2
         assert all(lp <= 0 and 0 <= acc <= 1 for lp, acc in scores)
+        # one argmax per answer token; its agreement with the answer is the score's accuracy
+        preds = served.predictions([(p.prompt, p.target) for p in PIECES])
+        for p, pred, (_, acc) in zip(PIECES, preds, scores, strict=True):
+            target = _ids(tiny_model, p.target)
+            assert len(pred) == len(target)
+            assert sum(a == b for a, b in zip(pred, target, strict=True)) / len(target) == \
+                pytest.approx(acc)
         footprint = served.footprint_bytes()
         assert footprint == 0 if name == "base" else footprint > 0
         stats = served.update([PieceSpec(PieceKind.EDIT, "Hello there", " friend")], RETAIN)
@@ -53,6 +61,21 @@ def test_a_fresh_adapter_is_the_base_model(tiny_model: Path, tmp_path: Path) -> 
     pairs = [(p.prompt, p.target) for p in PIECES]
     assert base.score(pairs) == fresh.score(pairs)
     assert base.generate(["Hello"], 4) == fresh.generate(["Hello"], 4)
+    assert base.predictions(pairs) == fresh.predictions(pairs)
+
+
+def test_predictions_of_a_greedy_continuation_are_its_tokens(tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    base = METHODS["base"](tiny_model, [], [], BUDGET, 0, tmp_path)
+    prompts = ["The capital of Veltoria is", "Hello"]
+    texts = base.generate(prompts, 5)
+    pairs = list(zip(prompts, texts, strict=True))
+    assert base.predictions(pairs) == [_ids(tiny_model, t) for t in texts]
+    assert [acc for _, acc in base.score(pairs)] == [1.0, 1.0]
+
+
+def _ids(model_dir: Path, text: str) -> list[int]:
+    return AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
 
 
 def test_budget_reaches_every_codebook_variant() -> None:
