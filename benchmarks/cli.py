@@ -41,8 +41,10 @@ def _suites(values: list[str]) -> list[str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", action="append", default=None, metavar="|".join(SUITE_CHOICES),
                    help="suite(s) to use, repeatable or comma-separated (default: all)")
-    p.add_argument("--scale", choices=["small", "full"], default="small",
-                   help="small: 2 CPU cores, about 30 minutes for all; full: an accelerator")
+    p.add_argument("--scale", choices=["small", "cpu", "full"], default=None,
+                   help="small (default without --model): tiny base models, 2 CPU cores; cpu "
+                        "(default with --model): a pretrained model on 2 CPU cores; full: an "
+                        "accelerator")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -81,7 +83,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     try:
         data_dir = resolve_data_dir(args.data_dir)
         for name in _suites(args.suite or ["all"]):
-            suite = build_suite(name, args.scale, data_dir)
+            suite = build_suite(name, args.scale or "small", data_dir)
             started = time.perf_counter()
             path = ensure_base_model(suite, args.cache_dir, force=args.force)
             k = read_info(path).get("knowledge", {})
@@ -117,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.steps or args.rank:
         from benchmarks.runner import BUDGETS
 
-        base = BUDGETS[args.scale]
+        base = BUDGETS[args.scale or ("cpu" if args.model else "small")]
         budget = Budget(**{**base.__dict__, **({"steps": args.steps} if args.steps else {}),
                            **({"rank": args.rank} if args.rank else {})})
     try:
@@ -125,10 +127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DataError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    out = args.out or Path("benchmarks/results") / args.scale
-    cfg = RunConfig(suites=_suites(args.suite or ["all"]), scale=args.scale, data_dir=data_dir,
+    model = _model(args.model)
+    scale = args.scale or ("cpu" if model is not None else "small")
+    out = args.out or Path("benchmarks/results") / scale
+    cfg = RunConfig(suites=_suites(args.suite or ["all"]), scale=scale, data_dir=data_dir,
                     out=out, methods=methods, seeds=list(range(args.seeds)),
-                    analyses=set(ANALYSES) - skip, model=args.model, budget=budget,
+                    analyses=set(ANALYSES) - skip, model=model, budget=budget,
                     cache_dir=args.cache_dir,
                     command="python -m benchmarks run "
                     + shlex.join(sys.argv[_bench_argv_start():]))
@@ -151,6 +155,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(value: str | None) -> Path | None:
+    """``--model``: a model directory, or a built-in name (``smollm2``, ``tiny``)."""
+    if value is None:
+        return None
+    if value in ("smollm2", "tiny"):
+        from memory_store.models import resolve_model
+
+        return Path(resolve_model(value))
+    return Path(value)
+
+
 def _bench_argv_start() -> int:
     """Index in sys.argv just after ``run`` (so the recorded command omits the launcher)."""
     try:
@@ -170,8 +185,9 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="run LOKA and the baselines; write results.json/.md, PNGs")
     _common(p)
-    p.add_argument("--model", type=Path, default=None,
-                   help="an HF model directory to use instead of the prepared base models")
+    p.add_argument("--model", default=None,
+                   help="a pretrained model instead of the prepared base models: an HF model "
+                        "directory or 'smollm2' (the built-in model)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="headline methods (default: loka ft_lora ga grad_diff npo_kl grace)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the headline (default 3)")

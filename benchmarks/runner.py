@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from benchmarks import data as D
 from benchmarks.conflict import conflict_histogram
 from benchmarks.evaluate import Outputs, base_knowledge, collect, compute_metrics, max_new_tokens
+from benchmarks.known import KnownFacts
 from benchmarks.methods import ABLATIONS, Budget, Served, get_method
 from benchmarks.methods.codebook import MAX_CAPACITY, LokaServed, budget_config, with_fields
 from benchmarks.metrics import mean, std
@@ -36,7 +37,7 @@ ANALYSES = ("ablations", "density", "sequential", "conflict")
 # storage density: LOKA's capacity from one piece per memory to one memory for everything
 DENSITY_CAPACITIES = (1, 2, 4, 8, 16, MAX_CAPACITY)
 DENSITY_SETTINGS = {"zsre": "joint", "tofu": "in_profile"}
-BUDGETS = {"small": Budget(max_retain=8), "full": Budget()}
+BUDGETS = {"small": Budget(max_retain=8), "cpu": Budget(max_retain=8), "full": Budget()}
 
 
 @dataclass
@@ -148,11 +149,23 @@ def _model_dir(cfg: RunConfig, suite: Suite) -> tuple[Path, dict[str, Any], floa
     return path, info, round(time.perf_counter() - started, 1)
 
 
+def _build(cfg: RunConfig, name: str) -> Suite:
+    """Suite ``name``; on a given (pretrained) model its unlearn and retain facts are ones that
+    model reproduces."""
+    if cfg.model is None:
+        return build_suite(name, cfg.scale, cfg.data_dir)
+    known = KnownFacts(cfg.model, cfg.cache_dir)
+    try:
+        return build_suite(name, cfg.scale, cfg.data_dir, known.mask)
+    finally:
+        known.close()
+
+
 def run_main(cfg: RunConfig, name: str, workroot: Path) -> dict[str, Any]:
     """One suite's headline, ablations, density and conflict analyses; its part of
     ``results.json`` (the sequential protocol is a separate part: :func:`run_sequential_part`)."""
     suite_started = time.perf_counter()
-    suite = build_suite(name, cfg.scale, cfg.data_dir)
+    suite = _build(cfg, name)
     model_dir, model_info, prepare_s = _model_dir(cfg, suite)
     run = SuiteRun(cfg, suite, model_dir, workroot)
     result: dict[str, Any] = {"sizes": suite.sizes, "model": model_info,
@@ -203,7 +216,7 @@ def run_main(cfg: RunConfig, name: str, workroot: Path) -> dict[str, Any]:
 def run_sequential_part(cfg: RunConfig, name: str, workroot: Path) -> dict[str, Any] | None:
     """The sequential protocol of one suite (None if the suite has none at this scale)."""
     started = time.perf_counter()
-    suite = build_suite(name, cfg.scale, cfg.data_dir)
+    suite = _build(cfg, name)
     if suite.sequential is None:
         return None
     model_dir, model_info, prepare_s = _model_dir(cfg, suite)

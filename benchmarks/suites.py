@@ -6,6 +6,8 @@ Every selection is deterministic (file order), so a suite is the same on every m
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import data as D
@@ -13,6 +15,9 @@ from benchmarks.protocol import BaseCorpus, Case, Pair, Sequential, Setting, Sui
 from memory_store.types import PieceKind, RetainSpec
 
 SUITES = ("tofu", "zsre", "counterfact", "pku")
+logger = logging.getLogger(__name__)
+KnownFn = Callable[[list[Pair]], list[bool]]
+KNOWN_CHUNK = 128  # candidate facts checked at a time against the base model
 
 SCALES: dict[str, dict[str, dict]] = {
     "small": {
@@ -30,6 +35,18 @@ SCALES: dict[str, dict[str, dict]] = {
         "pku": {"headline": 10, "retain_eval": 10, "retain_train": 8, "answer_words": 12,
                 "prompt_words": 25, "general": 40},
     },
+    # a pretrained model (``--model smollm2``) on two CPU cores: unlearn and retain facts are
+    # ones the base model reproduces (:mod:`benchmarks.known`); sequential T = 10 and 50
+    "cpu": {
+        "tofu": {"authors": 10, "answer_words": 24, "forget_authors": 1, "per_author": 10,
+                 "retain_eval_per_author": 4, "retain_train_per_author": 2, "general": 40},
+        "zsre": {"stream": 25, "headline": 10, "retain_eval": 20, "retain_train": 8,
+                 "general": 40, "batch": 10, "checkpoints": (10, 50)},
+        "counterfact": {"stream": 25, "headline": 10, "retain_eval": 20, "retain_train": 8,
+                        "general": 40, "batch": 10, "checkpoints": (10, 50)},
+        "pku": {"headline": 10, "retain_eval": 10, "retain_train": 8, "answer_words": 24,
+                "prompt_words": 25, "general": 40},
+    },
     "full": {
         "tofu": {"authors": 40, "answer_words": None, "forget_authors": 4, "per_author": 10,
                  "retain_eval_per_author": 5, "retain_train_per_author": 3, "general": 217},
@@ -43,15 +60,21 @@ SCALES: dict[str, dict[str, dict]] = {
 }
 
 
-def build_suite(name: str, scale: str, data_dir: Path) -> Suite:
-    """Read the data and build suite ``name`` at ``scale``."""
+def build_suite(name: str, scale: str, data_dir: Path, known: KnownFn | None = None) -> Suite:
+    """Read the data and build suite ``name`` at ``scale``.
+
+    ``known(pairs)`` (a pretrained base model; see :mod:`benchmarks.known`) says which
+    (prompt, answer) facts the base model reproduces: ZsRE and CounterFact then draw their
+    unlearn and retain facts from those only, and report how many qualified."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     files = tuple(D.check_files(data_dir, name))
     sizes = SCALES[scale][name]
-    builder = {"tofu": _tofu, "zsre": _facts, "counterfact": _facts, "pku": _pku}[name]
+    if name in ("zsre", "counterfact"):
+        return _facts(name, scale, data_dir, sizes, files, known)
+    builder = {"tofu": _tofu, "pku": _pku}[name]
     return builder(name, scale, data_dir, sizes, files)
 
 
@@ -133,7 +156,21 @@ def _distinct_facts(records: list[D.FactRecord]) -> list[D.FactRecord]:
     return out
 
 
-def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
+def _known_rows(records: list[D.FactRecord], n: int, known: KnownFn
+                ) -> tuple[list[D.FactRecord], dict[str, int]]:
+    """The first ``n`` of ``records`` that the base model knows, checking a chunk at a time."""
+    kept: list[D.FactRecord] = []
+    checked = 0
+    while len(kept) < n and checked < len(records):
+        chunk = records[checked:checked + KNOWN_CHUNK]
+        mask = known([(r.prompt, answer(r.answer, None)) for r in chunk])
+        kept += [r for r, k in zip(chunk, mask, strict=True) if k]
+        checked += len(chunk)
+    return kept[:n], {"checked": checked, "known": len(kept), "needed": n}
+
+
+def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...],
+           known: KnownFn | None = None) -> Suite:
     loaded = (D.load_zsre if name == "zsre" else D.load_counterfact)(data_dir)
     records = _distinct_facts(loaded.rows)
     n_stream = max(z["stream"], z["headline"])
@@ -141,8 +178,28 @@ def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ..
     if len(records) < need:
         raise ValueError(f"{name}: {len(records)} usable facts, the scale needs {need}")
     edit_rows = records[:n_stream]
-    unlearn_rows = records[n_stream:2 * n_stream]
-    rest = records[2 * n_stream:need]
+    known_report = None
+    if known is None:
+        unlearn_rows = records[n_stream:2 * n_stream]
+        rest = records[2 * n_stream:need]
+    else:  # unlearn and retain only facts the base model reproduces
+        n_known = need - n_stream
+        rows, known_report = _known_rows(records[n_stream:], n_known, known)
+        if len(rows) < n_known:
+            # too few known facts (SmolLM2 knows 5 of 660 ZsRE answers): unlearn what it
+            # knows, up to the headline's count, and retain-evaluate the rest; no retain
+            # training rows for any method
+            logger.warning("%s: the base model knows only %d of %d facts (the scale wants %d): "
+                           "%d unlearned, %d retain-evaluated, no retain training set", name,
+                           len(rows), known_report["checked"], n_known,
+                           min(len(rows), z["headline"]),
+                           len(rows) - min(len(rows), z["headline"]))
+            n_stream = min(len(rows), z["headline"])
+            z = {**z, "retain_eval": len(rows) - n_stream, "retain_train": 0}
+            known_report["short"] = True
+        unlearn_rows, rest = rows[:n_stream], rows[n_stream:]
+        records = edit_rows + rows
+        need = len(records)
     fact_texts = {t for r in records[:need] for t in (r.prompt, r.paraphrase)}
     general: list[Pair] = []
     for r in records:  # locality pairs: unrelated prompts, never a fact prompt
@@ -176,9 +233,12 @@ def _facts(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ..
     corpus = BaseCorpus(tuple((r.prompt, answer(r.answer, None)) for r in known),
                         tuple((r.paraphrase, answer(r.answer, None)) for r in known),
                         tuple(general))
-    sizes = {**z, "known_facts": len(known), "edits": h, "unlearns": h,
-             "retain_eval": len(retain_eval), "retain_train": len(retain_train),
+    sizes = {**z, "known_facts": len(known), "edits": len(edits[:h]),
+             "unlearns": len(unlearns[:h]), "retain_eval": len(retain_eval),
+             "retain_train": len(retain_train),
              "locality": len(general), "skipped_rows": _skipped(loaded.report)}
+    if known_report is not None:
+        sizes["known_check"] = known_report
     return Suite(name, scale, corpus, settings, sequential, files, sizes)
 
 
