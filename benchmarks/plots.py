@@ -45,6 +45,28 @@ def sequential_plot(name: str, seq: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def update_cost_plot(name: str, seq: dict[str, Any], path: Path) -> None:
+    """Seconds per piece of each sequential update against the requests already applied: flat
+    when an update costs what it touches, not the codebook's size."""
+    curves = [c for c in seq["curves"] if c.get("batches")]
+    if not curves:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for curve in curves:
+        rest = curve["batches"][1:]  # the first update also loads the model
+        ax.plot([b["before"] for b in rest], [b["seconds"] / b["size"] for b in rest],
+                marker=".", label=curve["method"])
+    ax.set_xlabel("requests applied before the update")
+    ax.set_ylabel("update seconds per piece")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{name}: cost of a sequential update against T")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def conflict_plot(name: str, conflict: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -100,4 +122,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 path = out / f"{key}_{name}.png"
                 fn(name, suite[key], path)
                 written.append(path)
+        if "sequential" in suite and any(c.get("batches") for c in suite["sequential"]["curves"]):
+            path = out / f"sequential_{name}_update_seconds.png"
+            update_cost_plot(name, suite["sequential"], path)
+            written.append(path)
     return written

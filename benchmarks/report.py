@@ -149,7 +149,17 @@ def _sequential(seq: dict[str, Any]) -> str:
             rows.append([f"`{curve['method']}`", str(p["T"]),
                          *[_num(p["metrics"].get(m), k) for m, _, k in SEQ_COLUMNS],
                          f"{p['update_seconds']:.0f}", f"{p['footprint_bytes'] / 1024:.0f}"])
-    return _table(header, rows)
+    lines = [_table(header, rows)]
+    flat = [(c["method"], c["flatness"]) for c in seq["curves"]
+            if (c.get("flatness") or {}).get("ratio") is not None]
+    if flat:
+        lines.append("\nUpdate cost against T (seconds per piece, first against last quarter of "
+                     "the updates, the first update left out; about 1 = flat):\n")
+        lines.append(_table(["method", "first quarter s/piece", "last quarter s/piece", "ratio"],
+                            [[f"`{m}`", f"{f['first_quarter_s_per_piece']:.2f}",
+                              f"{f['last_quarter_s_per_piece']:.2f}", f"{f['ratio']:.2f}"]
+                             for m, f in flat]))
+    return "\n".join(lines)
 
 
 def _conflict(c: dict[str, Any]) -> str:

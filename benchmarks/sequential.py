@@ -27,6 +27,7 @@ def run_sequential(method: str, seq: Sequential, model_dir: Path, base: Outputs,
     checkpoints = sorted(t for t in seq.checkpoints if t <= len(stream))
     n_tokens = max_new_tokens(seq.setting, tokenizer)
     points: list[dict[str, Any]] = []
+    batches: list[dict[str, Any]] = []  # seconds of each update against the requests before it
     update_seconds = 0.0
     steps = 0
     served = None
@@ -44,8 +45,11 @@ def run_sequential(method: str, seq: Sequential, model_dir: Path, base: Outputs,
                                                 budget, seed, Path(tmp))
                 else:
                     served.update(pieces, seq.setting.retain_train)
-                update_seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                update_seconds += seconds
                 steps += served.last_update.optimiser_steps
+                batches.append({"before": done, "size": len(batch), "seconds": round(seconds, 3),
+                                "optimiser_steps": served.last_update.optimiser_steps})
                 done += len(batch)
                 if done in checkpoints:
                     cases = stream[:done]
@@ -64,4 +68,24 @@ def run_sequential(method: str, seq: Sequential, model_dir: Path, base: Outputs,
         finally:
             if served is not None:
                 served.close()
-    return {"method": method, "seed": seed, "batch": seq.batch, "points": points}
+    return {"method": method, "seed": seed, "batch": seq.batch, "points": points,
+            "batches": batches, "flatness": flatness(batches)}
+
+
+def flatness(batches: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Does an update cost what it touches, not the codebook's size? Seconds per piece of the
+    first and the last quarter of the updates (the first update, which also loads the model, left
+    out) and their ratio: about 1 when flat, growing with T when not."""
+    rest = batches[1:]
+    if len(rest) < 4:
+        return {"first_quarter_s_per_piece": None, "last_quarter_s_per_piece": None,
+                "ratio": None}
+    q = max(1, len(rest) // 4)
+
+    def per_piece(part: list[dict[str, Any]]) -> float:
+        return sum(b["seconds"] for b in part) / max(1, sum(b["size"] for b in part))
+
+    first, last = per_piece(rest[:q]), per_piece(rest[-q:])
+    return {"first_quarter_s_per_piece": round(first, 3),
+            "last_quarter_s_per_piece": round(last, 3),
+            "ratio": round(last / first, 3) if first > 0 else None}

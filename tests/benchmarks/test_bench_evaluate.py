@@ -14,6 +14,7 @@ from benchmarks.plots import write_plots
 from benchmarks.protocol import Case, Setting
 from benchmarks.report import render
 from benchmarks.runner import write_json
+from benchmarks.sequential import flatness
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 
 SETTING = Setting(
@@ -192,3 +193,20 @@ def test_report_json_and_plots(tmp_path: Path) -> None:
     written = write_plots(results, tmp_path)
     assert {p.name for p in written} == {"sequential_tofu.png", "conflict_tofu.png",
                                          "density_tofu.png"}
+
+
+def test_sequential_update_cost_reported(tmp_path: Path) -> None:
+    """Per-update seconds go into the results, the report (first against last quarter) and a
+    plot; a cost growing with T shows as a ratio above 1."""
+    growing = [{"before": 10 * i, "size": 10, "seconds": 1.0 + i, "optimiser_steps": 5}
+               for i in range(9)]
+    flat = flatness(growing)
+    assert flat["first_quarter_s_per_piece"] == 0.25 and flat["last_quarter_s_per_piece"] == 0.85
+    assert flat["ratio"] == 3.4
+    assert flatness(growing[:3])["ratio"] is None  # too few updates to say
+    results = _results()
+    curve = results["suites"]["tofu"]["sequential"]["curves"][0]
+    curve.update(batches=growing, flatness=flat)
+    assert "| `loka` | 0.25 | 0.85 | 3.40 |" in render(results)
+    written = {p.name for p in write_plots(results, tmp_path)}
+    assert "sequential_tofu_update_seconds.png" in written
