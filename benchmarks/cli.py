@@ -202,6 +202,25 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
                         "(default 1)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("tables", help="rewrite (or --check) the docs' results blocks from the "
+                                      "committed results.json files")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 if a block differs from its results")
+    p.set_defaults(func=cmd_tables)
+
+
+DOCS = ("README.md", "benchmarks/README.md")
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from benchmarks.summary import sync
+
+    root = Path(__file__).resolve().parent.parent
+    changed = sync([root / f for f in DOCS], root, check=args.check)
+    for c in changed:
+        logger.info("%s %s", "differs:" if args.check else "rewrote:", c)
+    return 1 if (changed and args.check) else 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m benchmarks prepare|run|serving``."""

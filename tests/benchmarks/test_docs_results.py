@@ -1,0 +1,69 @@
+"""The benchmark numbers in README.md and benchmarks/README.md are the committed results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import DOCS
+from benchmarks.summary import BLOCK, hmean, summary, sync
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_agree_with_committed_results() -> None:
+    """Every results block of the docs is exactly what its results.json generates
+    (``python -m benchmarks tables`` rewrites them), and the README has at least one."""
+    files = [ROOT / f for f in DOCS]
+    assert BLOCK.search((ROOT / "README.md").read_text()), "README has no results block"
+    assert sync(files, ROOT, check=True) == []
+
+
+def _results(loka_edit: float) -> dict:
+    def agg(edit: float) -> dict:
+        return {"mean": {"edit_rel_acc": edit, "edit_gen_acc": 0.5, "unlearn_eff": 1.0,
+                         "unlearn_gen": 0.9, "retain_ratio": 1.2, "locality": 0.8,
+                         "locality_tf": 0.9}, "std": {}, "fit_seconds": 12.0}
+    return {"meta": {"command": "python -m benchmarks run", "scale": "cpu", "seeds": [0],
+                     "seconds": 120},
+            "suites": {"zsre": {"settings": {"edit_unlearn": {"methods": {
+                "loka": agg(loka_edit), "npo_kl": agg(0.5)}}}}}}
+
+
+def test_hmean() -> None:
+    assert hmean({"edit_rel_acc": 1.0, "unlearn_eff": 0.5, "retain_ratio": 1.5,
+                  "locality": float("nan")}) == pytest.approx(3 / (1 + 2 + 1))
+    assert hmean({"edit_rel_acc": 0.0, "unlearn_eff": 1.0}) == 0.0
+    assert hmean({}) is None
+
+
+def test_sync_rewrites_and_detects_drift(tmp_path: Path) -> None:
+    res = tmp_path / "r" / "results.json"
+    res.parent.mkdir()
+    res.write_text(json.dumps(_results(0.9)))
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- results: r/results.json -->\nold numbers\n<!-- /results -->\n")
+    assert sync([doc], tmp_path, check=True) == ["README.md: r/results.json"]
+    assert "old numbers" in doc.read_text()  # check changes nothing
+    assert sync([doc], tmp_path) == ["README.md: r/results.json"]
+    text = doc.read_text()
+    assert "| zsre / edit_unlearn | `loka` | 0.90 |" in text and "2.0 min" in text
+    assert "**0.92**" in text  # loka's h-mean (0.9, 1, 1, 0.8) is the setting's best
+    assert sync([doc], tmp_path, check=True) == []
+    res.write_text(json.dumps(_results(0.7)))  # the results change: the doc is now stale
+    assert sync([doc], tmp_path, check=True) == ["README.md: r/results.json"]
+
+
+def test_block_naming_a_missing_file_fails(tmp_path: Path) -> None:
+    doc = tmp_path / "README.md"
+    doc.write_text("<!-- results: nope/results.json -->\n<!-- /results -->\n")
+    with pytest.raises(FileNotFoundError, match="nope/results.json"):
+        sync([doc], tmp_path, check=True)
+
+
+def test_summary_reports_failed_parts() -> None:
+    res = _results(0.9)
+    res["failures"] = {"pku/main": "ValueError"}
+    assert "Failed parts: pku/main." in summary(res)
