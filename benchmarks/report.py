@@ -84,7 +84,8 @@ def _models(results: dict[str, Any]) -> str:
         rows.append([name, str(m.get("n_params", "?")), _num(k.get("acc_canonical"), "p"),
                      _num(k.get("acc_paraphrase"), "p"), _num(k.get("acc_general"), "p"),
                      str(k.get("train_steps", "–")), f"{k.get('train_seconds', 0):.0f}",
-                     "yes" if m.get("built_in_run") else "no (cached)"])
+                     "pretrained, not trained here" if m.get("prepared") is False
+                     else "yes" if m.get("built_in_run") else "no (cached)"])
     return _table(["suite", "params", "canonical", "paraphrases", "general (locality)",
                    "train steps", "train s", "built in this run"], rows)
 

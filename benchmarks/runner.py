@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import sys
 import tempfile
@@ -141,12 +142,26 @@ def _model_dir(cfg: RunConfig, suite: Suite) -> tuple[Path, dict[str, Any], floa
     spent getting it (including any wait for another part's build of the same model)."""
     started = time.perf_counter()
     if cfg.model is not None:
-        return cfg.model, {"path": str(cfg.model), "prepared": False}, 0.0
+        return cfg.model, {"path": str(cfg.model), "prepared": False,
+                           "n_params": _n_params(cfg.model)}, 0.0
     cached = (model_path(suite, SPECS[suite.scale][suite.name], cfg.cache_dir)
               / INFO_FILE).is_file()
     path = ensure_base_model(suite, cfg.cache_dir)
     info = {"path": str(path), "prepared": True, "built_in_run": not cached, **read_info(path)}
     return path, info, round(time.perf_counter() - started, 1)
+
+
+def _n_params(model_dir: Path) -> int | None:
+    """Parameters of a safetensors model folder, read from the file headers (no weights
+    loaded); None if it has none."""
+    from safetensors import safe_open
+
+    total, files = 0, sorted(model_dir.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                total += math.prod(st.get_slice(name).get_shape())
+    return total if files else None
 
 
 def _build(cfg: RunConfig, name: str) -> Suite:
