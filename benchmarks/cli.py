@@ -181,7 +181,7 @@ def cmd_conflict(args: argparse.Namespace) -> int:
         return 2
     # "tiny" here is the prepared TOFU base model (it knows the authors), not the built-in one
     model = None if args.model in (None, "tiny") else _model(args.model)
-    run_conflict(model, args.out, data_dir, args.cache_dir, args.seed,
+    run_conflict(model, args.out, data_dir, args.cache_dir, list(range(args.seeds)),
                  command="python -m benchmarks " + shlex.join(sys.argv[_bench_argv_start(
                      "conflict") - 1:]))
     return 0
@@ -231,7 +231,8 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
                         "(the built-in pretrained model) or an HF model directory")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/conflict"),
                    help="output directory (default: benchmarks/results/conflict)")
-    p.add_argument("--seed", type=int, default=0, help="adapter init seed (default 0)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="adapter initialisation seeds 0..N-1 (default 3)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
     p.add_argument("--cache-dir", type=Path, default=None,

@@ -131,29 +131,43 @@ def write_conflict(result: dict[str, Any], out: Path, name: str = "tofu") -> lis
     return written
 
 
+def seed_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One seed's line of the per-seed table: means, shares <= 0, p-values, trajectory."""
+    st = result["stats"]
+    return {"seed": result["seed"],
+            **{f"{k}_{label}": result[label][k] for label in LABELS
+               for k in ("mean", "share_nonpositive")},
+            "mean_difference": st["permutation"]["statistic"],
+            "ks_p": st["ks"]["p_value"], "mann_whitney_p": st["mann_whitney"]["p_value"],
+            "permutation_p": st["permutation"]["p_value"],
+            "trajectory": {t["warmup_steps"]: [t[label]["mean"] for label in LABELS]
+                           for t in result["trajectory"]}}
+
+
 def run_conflict(model: Path | None, out: Path, data_dir: Path, cache_dir: Path | None = None,
-                 seed: int = 0, command: str = "") -> dict[str, Any]:
+                 seeds: Sequence[int] = (0,), command: str = "") -> dict[str, Any]:
     """The TOFU conflict analysis on ``model`` (None: the prepared small-scale TOFU base
-    model); writes it under ``out``."""
+    model), once per seed (adapter initialisation); the first seed's histogram, tests and
+    trajectory in full, every seed's summary in ``per_seed``. Writes it under ``out``."""
     from benchmarks.runner import BUDGETS, RunConfig, _build, _model_dir
 
     scale = "small" if model is None else "cpu"
     cfg = RunConfig(suites=["tofu"], scale=scale, data_dir=data_dir, out=out, methods=[],
-                    seeds=[seed], analyses={"conflict"}, model=model, cache_dir=cache_dir)
+                    seeds=list(seeds), analyses={"conflict"}, model=model, cache_dir=cache_dir)
     started = time.perf_counter()
     suite = _build(cfg, "tofu")
     model_dir, info, _ = _model_dir(cfg, suite)
     a, b = suite.conflict_pair or LABELS
-    result = conflict_histogram(model_dir, suite.setting(a), suite.setting(b), BUDGETS[scale],
-                                seed)
+    runs = [conflict_histogram(model_dir, suite.setting(a), suite.setting(b), BUDGETS[scale],
+                               seed) for seed in seeds]
+    result = {**runs[0], "per_seed": [seed_row(r) for r in runs]}
     result["meta"] = {"model": str(model_dir), "scale": scale, "command": command,
                       "seconds": round(time.perf_counter() - started, 1),
                       "model_info": {k: v for k, v in info.items() if k != "path"}}
     write_conflict(result, out)
-    logger.info("conflict: in-profile mean %.3f (n %d), out-profile mean %.3f (n %d); "
-                "KS p %.3g, Mann-Whitney p %.3g, permutation p %.3g",
-                result["in_profile"]["mean"], result["in_profile"]["n"],
-                result["out_profile"]["mean"], result["out_profile"]["n"],
-                result["stats"]["ks"]["p_value"], result["stats"]["mann_whitney"]["p_value"],
-                result["stats"]["permutation"]["p_value"])
+    for r in result["per_seed"]:
+        logger.info("conflict seed %d: in-profile mean %.3f, out-profile mean %.3f; KS p %.3g, "
+                    "Mann-Whitney p %.3g, permutation p %.3g", r["seed"],
+                    r["mean_in_profile"], r["mean_out_profile"], r["ks_p"],
+                    r["mann_whitney_p"], r["permutation_p"])
     return result

@@ -189,6 +189,21 @@ def conflict_section(c: dict[str, Any]) -> str:
             [str(t["warmup_steps"]),
              *(f"{t[k]['mean']:+.3f} ({t[k]['share_nonpositive']:.2f})"
                for k in ("in_profile", "out_profile"))] for t in c["trajectory"]]))
+    if "per_seed" in c:
+        steps = list(c["per_seed"][0]["trajectory"])
+        out.append("\nEvery seed (adapter initialisation), after "
+                   f"{c.get('warmup_steps', '?')} warm-up steps; the trajectory as in / out "
+                   "mean cosine:\n")
+        out.append(_table(
+            ["seed", "mean in / out", "share <= 0 in / out", "mean diff.", "KS p", "MW p",
+             "perm. p", *(f"{s} steps" for s in steps)],
+            [[str(r["seed"]), f"{r['mean_in_profile']:+.3f} / {r['mean_out_profile']:+.3f}",
+              f"{r['share_nonpositive_in_profile']:.2f} / "
+              f"{r['share_nonpositive_out_profile']:.2f}",
+              f"{r['mean_difference']:+.3f}", f"{r['ks_p']:.3g}", f"{r['mann_whitney_p']:.3g}",
+              f"{r['permutation_p']:.3g}",
+              *(f"{v[0]:+.2f} / {v[1]:+.2f}" for v in r["trajectory"].values())]
+             for r in c["per_seed"]]))
     return "\n".join(out)
 
 

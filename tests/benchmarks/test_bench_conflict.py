@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.cli import build_parser
-from benchmarks.conflict import TRAJECTORY_STEPS, conflict_histogram, write_conflict
+from benchmarks.conflict import TRAJECTORY_STEPS, conflict_histogram, seed_row, write_conflict
 from benchmarks.methods import Budget
 from benchmarks.protocol import Case, Setting
 from benchmarks.report import conflict_section
@@ -64,6 +64,8 @@ def test_histogram_through_the_engine_warm_up(tiny_model: Path, tmp_path: Path):
     assert set(result["stats"]) == {"ks", "mann_whitney", "permutation"}
     text = conflict_section(result)
     assert "Kolmogorov–Smirnov" in text and "| 10 |" in text
+    result["per_seed"] = [seed_row(result), {**seed_row(result), "seed": 1}]
+    assert "| 1 |" in conflict_section(result) and "10 steps" in conflict_section(result)
     result["meta"] = {"model": "tiny", "command": "x", "seconds": 1.0}
     written = write_conflict(result, tmp_path / "out")
     assert {p.name for p in written} == {"conflict.json", "conflict.md", "conflict_tofu.png"}
@@ -73,4 +75,5 @@ def test_histogram_through_the_engine_warm_up(tiny_model: Path, tmp_path: Path):
 def test_conflict_command_parses():
     args = build_parser().parse_args(["conflict", "--model", "smollm2", "--out", "x"])
     assert args.model == "smollm2" and args.out == Path("x")
-    assert build_parser().parse_args(["conflict"]).model == "tiny"
+    args = build_parser().parse_args(["conflict"])
+    assert args.model == "tiny" and args.seeds == 3
