@@ -149,3 +149,17 @@ def test_decisions_persist_with_new_fields(default_model: Path, tmp_path: Path):
             [m for m in result.decisions if m != mid], others, strict=True))
     finally:
         reopened.close()
+
+
+def test_api_and_client_show_the_new_fields():
+    from loka_client.models import ConflictDecision as ClientDecision
+
+    from service.schemas import ConflictOut
+
+    d = ConflictDecision(0.5, 0.5, "split", 2, -0.05, 5, (0.2, -0.3))
+    out = ConflictOut.of(d)
+    assert out.warmup_steps == 5 and out.cosines == [0.2, -0.3]
+    client = ClientDecision.model_validate(out.model_dump(mode="json"))
+    assert client.warmup_steps == 5 and client.cosines == [0.2, -0.3]
+    old = ClientDecision.model_validate({"score": 1.0, "tau": 0.5, "decision": "split"})
+    assert old.warmup_steps is None and old.cosines == []
