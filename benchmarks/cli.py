@@ -1,4 +1,4 @@
-"""Command line of the benchmarks: ``python -m benchmarks prepare|run|serving``.
+"""Command line of the benchmarks: ``python -m benchmarks prepare|run|conflict|serving``.
 
     python -m benchmarks prepare --suite all --scale small
     python -m benchmarks run --suite all --scale small --out benchmarks/results/small
@@ -166,10 +166,32 @@ def _model(value: str | None) -> Path | None:
     return Path(value)
 
 
-def _bench_argv_start() -> int:
-    """Index in sys.argv just after ``run`` (so the recorded command omits the launcher)."""
+def cmd_conflict(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmarks.conflict import run_conflict
+    from benchmarks.data import DataError, resolve_data_dir
+
+    setup_logging(getattr(args, "verbose", False))
+    torch.set_num_threads(1)
     try:
-        return sys.argv.index("run") + 1
+        data_dir = resolve_data_dir(args.data_dir)
+    except DataError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    # "tiny" here is the prepared TOFU base model (it knows the authors), not the built-in one
+    model = None if args.model in (None, "tiny") else _model(args.model)
+    run_conflict(model, args.out, data_dir, args.cache_dir, list(range(args.seeds)),
+                 command="python -m benchmarks " + shlex.join(sys.argv[_bench_argv_start(
+                     "conflict") - 1:]))
+    return 0
+
+
+def _bench_argv_start(command: str = "run") -> int:
+    """Index in sys.argv just after ``command`` (so the recorded command omits the
+    launcher)."""
+    try:
+        return sys.argv.index(command) + 1
     except ValueError:
         return 1
 
@@ -202,6 +224,22 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
                         "(default 1)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("conflict", help="the edit/unlearn gradient conflict on TOFU, in- vs "
+                       "out-profile (Figure 1): conflict.json/.md and a histogram PNG")
+    p.add_argument("--model", default="tiny",
+                   help="tiny (default: the prepared small-scale TOFU base model), smollm2 "
+                        "(the built-in pretrained model) or an HF model directory")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/conflict"),
+                   help="output directory (default: benchmarks/results/conflict)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="adapter initialisation seeds 0..N-1 (default 3)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where base models are cached (default: $LOKA_CACHE_DIR or "
+                        "~/.cache/loka)")
+    p.set_defaults(func=cmd_conflict)
+
     p = sub.add_parser("tables", help="rewrite (or --check) the docs' results blocks from the "
                                       "committed results.json files")
     p.add_argument("--check", action="store_true",
@@ -223,7 +261,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m benchmarks prepare|run|serving``."""
+    """``python -m benchmarks prepare|run|conflict|serving``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(
         "\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -77,7 +77,9 @@ def conflict_plot(name: str, conflict: dict[str, Any], path: Path) -> None:
                 label=f"{label.replace('_', '-')} (mean {h['mean']:.2f}, "
                       f"{100 * h['share_nonpositive']:.0f}% <= 0)")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("cos(grad edit, grad unlearn) on a fresh LoRA memory")
+    warm = conflict.get("warmup_steps")
+    ax.set_xlabel("cos(grad edit, grad unlearn) on a fresh LoRA memory" if warm is None else
+                  f"cos(grad edit, grad unlearn) after {warm} warm-up steps")
     ax.set_ylabel("piece pairs")
     ax.set_title(f"{name}: edit/unlearn gradient conflict")
     ax.legend(fontsize=8)

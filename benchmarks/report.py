@@ -163,7 +163,10 @@ def _sequential(seq: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _conflict(c: dict[str, Any]) -> str:
+def conflict_section(c: dict[str, Any]) -> str:
+    """The conflict analysis: per pair set its cosines' summary (and LOKA's decisions when the
+    run has them), then, when present, the in- vs out-profile tests and the warm-up
+    trajectory."""
     rows = []
     for label in ("in_profile", "out_profile"):
         h = c[label]
@@ -174,8 +177,45 @@ def _conflict(c: dict[str, Any]) -> str:
         rows.append([label, str(h["n"]), _num(h["mean"], "p"),
                      _num(h["share_nonpositive"], "p"),
                      f"{split} split / {mgda} MGDA" if decisions else "–"])
-    return _table(["pairs", "n", "mean cosine", "share cos <= 0",
-                   "LOKA's mixed clusters (all seeds)"], rows)
+    out = []
+    if "warmup_steps" in c:
+        out.append(f"Gradients after {c['warmup_steps']} warm-up steps (the engine's conflict "
+                   "score).\n")
+    out.append(_table(["pairs", "n", "mean cosine", "share cos <= 0",
+                       "LOKA's mixed clusters (all seeds)"], rows))
+    if "stats" in c:
+        st = c["stats"]
+        out.append("\nIn-profile vs out-profile cosines:\n")
+        out.append(_table(["test", "statistic", "p-value"], [
+            ["Kolmogorov–Smirnov D", f"{st['ks']['statistic']:.3f}", f"{st['ks']['p_value']:.3g}"],
+            ["Mann–Whitney U (effect U/nm)",
+             f"{st['mann_whitney']['statistic']:.1f} "
+             f"({st['mann_whitney']['effect']:.2f})", f"{st['mann_whitney']['p_value']:.3g}"],
+            ["permutation, mean difference",
+             f"{st['permutation']['statistic']:+.3f}", f"{st['permutation']['p_value']:.3g}"],
+        ]))
+    if "trajectory" in c:
+        out.append("\nMean cosine (share <= 0) by warm-up steps:\n")
+        out.append(_table(["warm-up steps", "in-profile", "out-profile"], [
+            [str(t["warmup_steps"]),
+             *(f"{t[k]['mean']:+.3f} ({t[k]['share_nonpositive']:.2f})"
+               for k in ("in_profile", "out_profile"))] for t in c["trajectory"]]))
+    if "per_seed" in c:
+        steps = list(c["per_seed"][0]["trajectory"])
+        out.append("\nEvery seed (adapter initialisation), after "
+                   f"{c.get('warmup_steps', '?')} warm-up steps; the trajectory as in / out "
+                   "mean cosine:\n")
+        out.append(_table(
+            ["seed", "mean in / out", "share <= 0 in / out", "mean diff.", "KS p", "MW p",
+             "perm. p", *(f"{s} steps" for s in steps)],
+            [[str(r["seed"]), f"{r['mean_in_profile']:+.3f} / {r['mean_out_profile']:+.3f}",
+              f"{r['share_nonpositive_in_profile']:.2f} / "
+              f"{r['share_nonpositive_out_profile']:.2f}",
+              f"{r['mean_difference']:+.3f}", f"{r['ks_p']:.3g}", f"{r['mann_whitney_p']:.3g}",
+              f"{r['permutation_p']:.3g}",
+              *(f"{v[0]:+.2f} / {v[1]:+.2f}" for v in r["trajectory"].values())]
+             for r in c["per_seed"]]))
+    return "\n".join(out)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -233,7 +273,7 @@ def render(results: dict[str, Any]) -> str:
         if "conflict" in suite:
             out.append(f"## Conflict between edit and unlearn gradients: {name} "
                        f"(`conflict_{name}.png`)\n")
-            out.append(_conflict(suite["conflict"]) + "\n")
+            out.append(conflict_section(suite["conflict"]) + "\n")
     out.append("## Data (sha256)\n")
     hashes = {k: v for s in _complete(results).values() for k, v in s["data_sha256"].items()}
     out.append("\n".join(f"- `{k}`: `{v}`" for k, v in sorted(hashes.items())) + "\n")

@@ -53,6 +53,8 @@ class ConflictSettings(_Strict):
     samples: int = Field(8, ge=1, le=256)
     tau: float = Field(0.5, ge=0.0, le=1.0)
     batch_size: int = Field(4, ge=1, le=256)
+    # joint (edit + NPO) steps on a throwaway adapter copy before the gradients are taken
+    warmup_steps: int = Field(5, ge=0, le=1000)
     # "auto": decide by the score; "split"/"mgda": always (ablations)
     mode: Literal["auto", "split", "mgda"] = "auto"
 

@@ -66,8 +66,15 @@ class ConflictDecision:
     score: float  # fraction of sampled gradient pairs with cosine <= 0
     tau: float
     decision: Literal["split", "mgda"]
-    samples: int
+    samples: int  # gradient pairs scored
     mean_cosine: float
+    # joint steps the scored adapter copy took first (0: a fresh adapter, where B = 0 and the
+    # A-gradients vanish; decisions stored before the warm-up existed read back as 0)
+    warmup_steps: int = 0
+    cosines: tuple[float, ...] = ()  # of each scored pair, rounded; empty in older decisions
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cosines", tuple(float(c) for c in self.cosines))
 
 
 @dataclass(frozen=True)

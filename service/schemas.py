@@ -269,6 +269,8 @@ class ConflictOut(BaseModel):
     decision: Literal["split", "mgda"]
     samples: int
     mean_cosine: float
+    warmup_steps: int = 0
+    cosines: list[float] = []
 
     @classmethod
     def of(cls, c: ConflictDecision | None) -> ConflictOut | None:
@@ -281,6 +283,8 @@ class ConflictOut(BaseModel):
             decision=c.decision,
             samples=c.samples,
             mean_cosine=c.mean_cosine,
+            warmup_steps=c.warmup_steps,
+            cosines=list(c.cosines),
         )
 
 

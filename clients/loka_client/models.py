@@ -147,6 +147,9 @@ class ConflictDecision(_Response):
     decision: str
     samples: int | None = None
     mean_cosine: float | None = None
+    # warm-up steps before the gradients were taken; the cosine of each scored pair
+    warmup_steps: int | None = None
+    cosines: list[float] = Field(default_factory=list)
 
 
 class Piece(_Response):

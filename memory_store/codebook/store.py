@@ -37,6 +37,7 @@ just before / just after the COMMIT (a test sends SIGKILL when it sees the line)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -348,7 +349,7 @@ class Store:
                 (version, version))
         memories = {}
         for m in mems:
-            conflict = ConflictDecision(**json.loads(m[6])) if m[6] else None
+            conflict = _conflict_of(m[6])
             memories[m[0]] = MemoryRecord(m[0], m[1], m[2], m[3], _unblob(m[4], dim)[0], m[5],
                                           conflict, json.loads(m[7]), m[8], m[9], m[10])
         pieces = {
@@ -539,3 +540,12 @@ def _fault(point: str, version: int) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         time.sleep(float(arg or 60))
+
+
+def _conflict_of(text: str | None) -> ConflictDecision | None:
+    """A stored conflict decision; fields a row lacks (written by an older version: no
+    ``warmup_steps``, no ``cosines``) take their defaults, unknown ones are ignored."""
+    if not text:
+        return None
+    known = {f.name for f in dataclasses.fields(ConflictDecision)}
+    return ConflictDecision(**{k: v for k, v in json.loads(text).items() if k in known})
