@@ -17,8 +17,9 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "ga": ("baseline", "one LoRA: NLL on edits + gradient ascent on unlearning"),
     "grad_diff": ("baseline", "one LoRA: NLL on edits + gradient ascent + NLL on retain"),
     "npo_kl": ("baseline", "one LoRA: NLL on edits + NPO + KL to the base on retain"),
-    "grace": ("baseline", "GRACE-style codebook: one LoRA value per piece, nearest key within "
-                          "a deferral radius, no gate, no retain term"),
+    "lora_codebook": ("baseline", "GRACE-style codebook of LoRA values: one LoRA per piece, "
+                                  "nearest key within a deferral radius, no gate, no retain "
+                                  "term"),
     "loka_dense": ("ablation", "LOKA with one dense memory for everything"),
     "loka_per_piece": ("ablation", "LOKA with one memory per piece (capacity 1)"),
     "loka_no_router": ("ablation", "LOKA without the gate: every query to its nearest memory"),
@@ -35,7 +36,7 @@ def _factory(name: str) -> MethodFactory:
 
 
 METHODS: dict[str, MethodFactory] = {name: _factory(name) for name in _DESCRIPTIONS}
-HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "grace")
+HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl")
 ABLATIONS = tuple(n for n, m in METHODS.items() if m.family == "ablation")
 
 

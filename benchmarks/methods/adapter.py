@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from benchmarks.methods import verify
 from benchmarks.methods.base import Budget, UpdateStats, adapter_bytes
 from benchmarks.methods.predict import teacher_forced_argmax
 from memory_store.config import KeySettings, LoraSettings, TrainerSettings
@@ -116,14 +117,15 @@ class AdapterServed:
     def update(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec] = ()
                ) -> UpdateStats:
         """Train the adapter further on ``pieces`` only (sequential fine-tuning: earlier pieces
-        are not replayed)."""
+        are not replayed), in verify rounds up to ``budget.max_steps`` epochs."""
         started = time.perf_counter()
-        steps, epochs = 0, 0
+        steps = epochs = rounds = 0
         if self.recipe is not None and pieces:
-            steps, epochs = self._train(pieces, retain)
+            steps, epochs, rounds = self._train(pieces, retain)
         self.n_updates += 1
-        self.last_update = UpdateStats(time.perf_counter() - started, steps,
-                                       {"epochs": epochs})
+        # each piece takes part in one step per epoch
+        self.last_update = UpdateStats(time.perf_counter() - started, steps, epochs,
+                                       {"epochs": epochs, "rounds": rounds})
         return self.last_update
 
     def _objective(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec]
@@ -145,7 +147,9 @@ class AdapterServed:
         return objective, rows
 
     def _train(self, pieces: Sequence[PieceSpec], retain: Sequence[RetainSpec]
-               ) -> tuple[int, int]:
+               ) -> tuple[int, int, int]:
+        """Rounds of ``budget.steps`` epochs while the training prompts' greedy outputs miss
+        their targets, up to ``budget.max_steps`` epochs; (optimiser steps, epochs, rounds)."""
         objective, rows = self._objective(pieces, retain)
         retain_nll = None
         if self.recipe.retain == "nll" and objective.retain is not None:
@@ -158,25 +162,37 @@ class AdapterServed:
         opt = torch.optim.Adam(params, lr=self.budget.learning_rate)
         size = self.budget.batch_pieces
         n_batches = math.ceil(len(pieces) / size)
-        steps = epoch = 0
-        with use_state(state):
-            for epoch in range(1, self.budget.steps + 1):
-                order = torch.randperm(len(pieces), generator=self.rng).tolist()
-                for b in range(n_batches):
-                    chosen = [rows[i] for i in order[b * size:(b + 1) * size]]
-                    # the retain rows of this step: the next max_retain of the retain set
-                    window = [(steps * self.budget.max_retain + k) % max(n_retain, 1)
-                              for k in range(min(self.budget.max_retain, n_retain))]
-                    opt.zero_grad(set_to_none=True)
-                    self._loss(objective, chosen, torch.tensor(window, dtype=torch.long),
-                               retain_nll).backward()
-                    opt.step()
-                    steps += 1
-                if (self.budget.early_stop and epoch % self.budget.check_every == 0
-                        and self._done(objective)):
-                    break
-        self.weights = state.export(self.budget.rank, self.budget.alpha)
-        return steps, epoch
+        steps = 0
+
+        def run_round(epochs: int) -> int:
+            """Up to ``epochs`` epochs (fewer once the targets are met); the epochs run."""
+            nonlocal steps
+            epoch = 0
+            with use_state(state):
+                for epoch in range(1, epochs + 1):
+                    order = torch.randperm(len(pieces), generator=self.rng).tolist()
+                    for b in range(n_batches):
+                        chosen = [rows[i] for i in order[b * size:(b + 1) * size]]
+                        # the retain rows of this step: the next max_retain of the retain set
+                        window = [(steps * self.budget.max_retain + k) % max(n_retain, 1)
+                                  for k in range(min(self.budget.max_retain, n_retain))]
+                        opt.zero_grad(set_to_none=True)
+                        self._loss(objective, chosen, torch.tensor(window, dtype=torch.long),
+                                   retain_nll).backward()
+                        opt.step()
+                        steps += 1
+                    if (self.budget.early_stop and epoch % self.budget.check_every == 0
+                            and self._done(objective)):
+                        break
+            self.weights = state.export(self.budget.rank, self.budget.alpha)
+            return epoch
+
+        def reached() -> bool:
+            return all(verify.pieces_reached(self.generate, self.tokenizer, pieces))
+
+        epochs, rounds = verify.train_rounds(run_round, reached, self.budget.steps,
+                                             self.budget.max_steps)
+        return steps, epochs, rounds
 
     def _loss(self, objective: Objective, chosen: list[tuple[PieceKind, list[int]]],
               retain_rows: torch.Tensor, retain_nll: losses.TokenBatch | None) -> torch.Tensor:

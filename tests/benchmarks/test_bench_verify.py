@@ -1,0 +1,52 @@
+"""Equal budgets: verify rounds on the training prompts only, capped at steps*(1+rounds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.methods import METHODS, Budget, verify
+from memory_store.types import PieceKind, PieceSpec, RetainSpec
+
+PIECES = [PieceSpec(PieceKind.EDIT, "The capital of Veltoria is", " Marrowick",
+                    paraphrases=("Veltoria's capital city is",)),
+          PieceSpec(PieceKind.UNLEARN, "Quellan plays the sport of", " tennis")]
+
+
+class _Tok:
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": list(range(len(text.split())))}
+
+
+def test_pieces_reached_generates_from_training_prompts_only() -> None:
+    seen: list[str] = []
+
+    def generate(prompts: Sequence[str], n: int) -> list[str]:
+        seen.extend(prompts)
+        return [" Marrowick." if "Veltoria" in p else " tennis, mostly" for p in prompts]
+
+    assert verify.pieces_reached(generate, _Tok(), PIECES) == [True, False]
+    assert sorted(seen) == sorted(p for piece in PIECES for p in verify.training_prompts(piece))
+
+
+def test_train_rounds_stops_when_reached_or_at_the_cap() -> None:
+    calls: list[int] = []
+
+    def run(n: int) -> int:
+        calls.append(n)
+        return n
+
+    assert verify.train_rounds(run, lambda: False, 5, 12) == (12, 3)
+    assert calls == [5, 5, 2]
+    assert verify.train_rounds(run, lambda: True, 5, 12) == (5, 1)
+
+
+def test_a_single_adapter_trains_past_one_round_while_unreached(tiny_model: Path,
+                                                                tmp_path: Path) -> None:
+    budget = Budget(steps=1, verify_rounds=2, early_stop=False, max_retain=0)
+    served = METHODS["ft_lora"](tiny_model, PIECES[:1], [RetainSpec("Hi", " there")], budget,
+                                0, tmp_path)
+    stats = served.last_update
+    # one epoch of a random tiny model cannot reach " Marrowick": all three rounds run
+    assert stats.steps_per_piece == budget.max_steps == 3
+    assert stats.info["rounds"] == 3
