@@ -19,6 +19,8 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "ga": ("baseline", "one LoRA: NLL on edits + gradient ascent on unlearning"),
     "grad_diff": ("baseline", "one LoRA: NLL on edits + gradient ascent + NLL on retain"),
     "npo_kl": ("baseline", "one LoRA: NLL on edits + NPO + KL to the base on retain"),
+    "simnpo": ("baseline", "one LoRA: NLL on edits + SimNPO (reference-free, length-normalised "
+                           "NPO with a margin) + NLL on retain"),
     "grace": ("baseline", "GRACE (Hartvigsen et al. 2023): key-value codebook at one FFN output, "
                           "value vectors replace it within a deferral radius; NPO values for "
                           "unlearning"),
@@ -47,7 +49,7 @@ def _factory(name: str) -> MethodFactory:
 
 
 METHODS: dict[str, MethodFactory] = {name: _factory(name) for name in _DESCRIPTIONS}
-HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "grace")
+HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "simnpo", "grace")
 ABLATIONS = tuple(n for n, m in METHODS.items() if m.family == "ablation")
 
 

@@ -7,7 +7,10 @@ unlearning loss and the retain term:
 - ``ft_lora``: NLL on edits + NPO on unlearning (the joint loss, no retain term);
 - ``ga``: NLL + gradient ascent;
 - ``grad_diff``: NLL + gradient ascent + NLL on the retain set;
-- ``npo_kl``: NLL + NPO + KL(p_ref || p_theta) on the retain set.
+- ``npo_kl``: NLL + NPO + KL(p_ref || p_theta) on the retain set;
+- ``simnpo``: NLL + SimNPO (Fan et al. 2024: NPO without a reference model, on the
+  length-normalised log-probability, with a reward margin) + NLL on the retain set (SimNPO
+  trains with a retain NLL term; weight 1 here, as GradDiff's).
 
 The adapter has the same shape (rank, layers) as a LOKA memory and uses the engine's losses,
 LoRA wrappers and batched generator.
@@ -42,7 +45,7 @@ from memory_store.update.trainer import MemoryTask, Objective
 class Recipe:
     """How a single adapter learns: its unlearning loss and its retain term."""
 
-    unlearn: Literal["npo", "ga"]
+    unlearn: Literal["npo", "ga", "simnpo"]
     retain: Literal["none", "nll", "kl"]
 
 
@@ -51,7 +54,21 @@ RECIPES: dict[str, Recipe] = {
     "ga": Recipe("ga", "none"),
     "grad_diff": Recipe("ga", "nll"),
     "npo_kl": Recipe("npo", "kl"),
+    "simnpo": Recipe("simnpo", "nll"),
 }
+
+# SimNPO's inverse temperature and reward margin: the SimNPO paper's TOFU setting
+SIMNPO_BETA = 2.5
+SIMNPO_GAMMA = 0.0
+
+
+def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float = SIMNPO_BETA,
+                gamma: float = SIMNPO_GAMMA) -> torch.Tensor:
+    """SimNPO: ``-(2/beta) log sigmoid(-(beta/|y|) log p(y|x) - gamma)``, the mean over rows
+    (no reference model; ``|y|`` the answer's length in tokens)."""
+    n_tokens = (labels[:, 1:] != -100).sum(-1).clamp(min=1)
+    mean_logprob = losses.sequence_logprob(logits, labels) / n_tokens
+    return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * mean_logprob - gamma).mean()
 
 
 class AdapterServed:
@@ -139,9 +156,11 @@ class AdapterServed:
             dest.extend(pairs)
         if self.recipe.retain != "none" and self.budget.max_retain > 0:
             task.retain = [(r.prompt, r.target) for r in retain]
+        # SimNPO's loss is computed here (``_loss``); the objective holds its data
+        unlearn = "npo" if self.recipe.unlearn == "simnpo" else self.recipe.unlearn
         settings = TrainerSettings(steps=self.budget.steps,
                                    learning_rate=self.budget.learning_rate,
-                                   unlearn_loss=self.recipe.unlearn, seed=self.seed)
+                                   unlearn_loss=unlearn, seed=self.seed)
         with use_state(None):
             objective = Objective(self.model, self.tokenizer, task, settings)
         return objective, rows
@@ -201,7 +220,10 @@ class AdapterServed:
         loss = torch.zeros((), device=self.model.device)
         if e_rows:
             loss = loss + objective.edit_loss(torch.tensor(e_rows))[0]
-        if u_rows:
+        if u_rows and self.recipe.unlearn == "simnpo":
+            batch = objective.unlearn.select(torch.tensor(u_rows))
+            loss = loss + simnpo_loss(losses.forward_logits(self.model, batch), batch.labels)
+        elif u_rows:
             loss = loss + objective.unlearn_loss(torch.tensor(u_rows))[0]
         if not len(retain_rows):
             return loss

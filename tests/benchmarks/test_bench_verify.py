@@ -1,11 +1,17 @@
-"""Equal budgets: verify rounds on the training prompts only, capped at steps*(1+rounds)."""
+"""Equal budgets (verify rounds on the training prompts only, capped at steps*(1+rounds))
+and the SimNPO loss of the single-adapter recipes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+import torch
+
 from benchmarks.methods import METHODS, Budget, verify
+from benchmarks.methods.adapter import SIMNPO_BETA, SIMNPO_GAMMA, simnpo_loss
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 
 PIECES = [PieceSpec(PieceKind.EDIT, "The capital of Veltoria is", " Marrowick",
@@ -50,3 +56,15 @@ def test_a_single_adapter_trains_past_one_round_while_unreached(tiny_model: Path
     # one epoch of a random tiny model cannot reach " Marrowick": all three rounds run
     assert stats.steps_per_piece == budget.max_steps == 3
     assert stats.info["rounds"] == 3
+
+
+def test_simnpo_loss_falls_as_the_answer_gets_less_likely() -> None:
+    labels = torch.tensor([[-100, 3, 4]])
+    likely = torch.zeros(1, 3, 8)
+    likely[0, 0, 3] = likely[0, 1, 4] = 10.0
+    unlikely = torch.zeros(1, 3, 8)
+    assert simnpo_loss(unlikely, labels) < simnpo_loss(likely, labels)
+    # reference-free: the loss of a uniform model over 8 tokens, length-normalised
+    expected = -(2 / SIMNPO_BETA) * torch.nn.functional.logsigmoid(
+        torch.tensor(SIMNPO_BETA * math.log(8) - SIMNPO_GAMMA))
+    assert float(simnpo_loss(unlikely, labels)) == pytest.approx(float(expected), rel=1e-5)
