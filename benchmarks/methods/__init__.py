@@ -1,7 +1,7 @@
 """Update methods behind one typed entry point, chosen by name from :data:`METHODS`.
 
 ``METHODS[name](model_dir, pieces, retain, budget, seed, workdir) -> Served``: LOKA, its
-ablations, the single-adapter baselines, GRACE, a GRACE-style LoRA codebook and the untouched
+ablations, the single-adapter baselines, GRACE, WISE, a GRACE-style LoRA codebook and the untouched
 base model.
 """
 
@@ -11,6 +11,7 @@ from benchmarks.methods.adapter import RECIPES, AdapterServed, fit_adapter
 from benchmarks.methods.base import Budget, FitFn, MethodFactory, Served, UpdateStats
 from benchmarks.methods.codebook import VARIANTS, LokaServed, budget_config, fit_codebook
 from benchmarks.methods.grace import GraceServed, fit_grace
+from benchmarks.methods.wise import WiseServed, fit_wise
 
 _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "loka": ("loka", "LOKA, default config: similarity-aware codebook, conflict-aware "
@@ -24,6 +25,9 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "grace": ("baseline", "GRACE (Hartvigsen et al. 2023): key-value codebook at one FFN output, "
                           "value vectors replace it within a deferral radius; NPO values for "
                           "unlearning"),
+    "wise": ("baseline", "WISE-style side memory (Wang et al. 2024): a trained copy of one FFN "
+                         "down projection, used when its activation score passes a threshold; "
+                         "routing margin loss on retain prompts"),
     "lora_codebook": ("baseline", "GRACE-style codebook of LoRA values: one LoRA per piece, "
                                   "nearest key within a deferral radius, no gate, no retain "
                                   "term"),
@@ -36,7 +40,7 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
 }
 
 
-_FITS: dict[str, FitFn] = {"grace": fit_grace}
+_FITS: dict[str, FitFn] = {"grace": fit_grace, "wise": fit_wise}
 
 
 def _factory(name: str) -> MethodFactory:
@@ -49,7 +53,7 @@ def _factory(name: str) -> MethodFactory:
 
 
 METHODS: dict[str, MethodFactory] = {name: _factory(name) for name in _DESCRIPTIONS}
-HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "simnpo", "grace")
+HEADLINE = ("loka", "ft_lora", "ga", "grad_diff", "npo_kl", "simnpo", "grace", "wise")
 ABLATIONS = tuple(n for n, m in METHODS.items() if m.family == "ablation")
 
 
@@ -63,4 +67,4 @@ def get_method(name: str) -> MethodFactory:
 
 __all__ = ["ABLATIONS", "HEADLINE", "METHODS", "RECIPES", "VARIANTS", "AdapterServed", "Budget",
            "GraceServed", "LokaServed", "MethodFactory", "Served", "UpdateStats",
-           "budget_config", "get_method"]
+           "WiseServed", "budget_config", "get_method"]
