@@ -20,10 +20,11 @@ keys: GRACE's epsilon_init is an absolute distance tuned per model (1.0 on T5's 
 measured relative to the key norm it transfers between models. Values start at the layer's
 original output for their key (GRACE initialises them randomly; starting from the identity
 needs fewer steps) and are trained with Adam at lr ``VALUE_LR`` = 1.0 (as GRACE) on the edit
-NLL, in verify rounds up to ``budget.max_steps`` steps (:mod:`benchmarks.methods.verify`).
-GRACE has no unlearning: for an unlearning piece the value is trained with NPO (beta 0.1, the
-engine's) on the forgotten answer instead. No retain term (GRACE has none). ``update`` adds
-keys (the sequential protocol); earlier values are frozen.
+NLL of the target tokens (no EOS appended, as GRACE), in verify rounds up to
+``budget.max_steps`` steps (:mod:`benchmarks.methods.verify`). GRACE has no unlearning: for an
+unlearning piece the value is trained with NPO (beta 0.1, the engine's) on the forgotten answer
+instead. No retain term (GRACE has none). ``update`` adds keys (the sequential protocol);
+earlier values are frozen.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 RADIUS_FRACTION = 0.4
 VALUE_LR = 1.0
 NPO_BETA = 0.1
+# GRACE trains on the label tokens alone; one value at every answer position cannot also end
+# the answer with EOS (the engine's ``target_eos``) without hurting its first token
+EDIT_EOS = False
 
 Label = tuple[str, str]  # (kind, target)
 
@@ -171,7 +175,7 @@ class GraceServed(HookedServed):
         self._training = torch.nn.Parameter(torch.stack(new_values))
         opt = torch.optim.Adam([self._training], lr=VALUE_LR)
         groups = []
-        for kind, eos in ((PieceKind.EDIT, True), (PieceKind.UNLEARN, False)):
+        for kind, eos in ((PieceKind.EDIT, EDIT_EOS), (PieceKind.UNLEARN, False)):
             rows = [i for i, k in enumerate(kinds) if k == kind]
             if not rows:
                 continue
