@@ -18,9 +18,8 @@ Adding an edit (GRACE's codebook maintenance, for each training prompt of a piec
 The initial radius is ``RADIUS_FRACTION`` (0.4) times the median norm of the first update's
 keys: GRACE's epsilon_init is an absolute distance tuned per model (1.0 on T5's layer);
 measured relative to the key norm it transfers between models. Values start at the layer's
-original output for their key (GRACE initialises them randomly; starting from the identity
-needs fewer steps) and are trained with Adam at lr ``VALUE_LR`` = 1.0 (as GRACE) on the edit
-NLL of the target tokens (no EOS appended, as GRACE), in verify rounds up to
+original output for their key and are trained with Adam at lr ``VALUE_LR`` = 1.0 (as GRACE) on
+the edit NLL of the target tokens (no EOS appended, as GRACE), in verify rounds up to
 ``budget.max_steps`` steps (:mod:`benchmarks.methods.verify`). GRACE has no unlearning: for an
 unlearning piece the value is trained with NPO (beta 0.1, the engine's) on the forgotten answer
 instead. No retain term (GRACE has none). ``update`` adds keys (the sequential protocol);
