@@ -18,7 +18,7 @@ Adding an edit (GRACE's codebook maintenance, for each training prompt of a piec
 The initial radius is ``RADIUS_FRACTION`` (0.4) times the median norm of the first update's
 keys: GRACE's epsilon_init is an absolute distance tuned per model (1.0 on T5's layer);
 measured relative to the key norm it transfers between models. Values start at the layer's
-original output for their key and are trained with Adam at lr ``VALUE_LR`` = 1.0 (as GRACE) on
+original output for their key (as in GRACE's code) and are trained with Adam at lr 1.0 (GRACE's) on
 the edit NLL of the target tokens (no EOS appended, as GRACE), in verify rounds up to
 ``budget.max_steps`` steps (:mod:`benchmarks.methods.verify`). GRACE has no unlearning: for an
 unlearning piece the value is trained with NPO (beta 0.1, the engine's) on the forgotten answer
