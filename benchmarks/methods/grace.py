@@ -15,15 +15,18 @@ Adding an edit (GRACE's codebook maintenance, for each training prompt of a piec
 - a different label: *split*: the nearest key's radius and the new key's radius both become
   half their distance, so the two no longer overlap.
 
-The initial radius is ``RADIUS_FRACTION`` (0.4) times the median norm of the first update's
-keys: GRACE's epsilon_init is an absolute distance tuned per model (1.0 on T5's layer);
-measured relative to the key norm it transfers between models. Values start at the layer's
-original output for their key (as in GRACE's code) and are trained with Adam at lr 1.0 (GRACE's) on
-the edit NLL of the target tokens (no EOS appended, as GRACE), in verify rounds up to
-``budget.max_steps`` steps (:mod:`benchmarks.methods.verify`). GRACE has no unlearning: for an
-unlearning piece the value is trained with NPO (beta 0.1, the engine's) on the forgotten answer
-instead. No retain term (GRACE has none). ``update`` adds keys (the sequential protocol);
-earlier values are frozen.
+The initial radius is ``RADIUS_FRACTION`` (0.1) times the median norm of the first update's
+keys: GRACE's epsilon_init is an absolute distance, tuned per model and layer; relative to the
+key norm it transfers between models. On SmolLM2-135M (block 19) the keys of "The capital of X
+is" for different X lie 0.14-0.19 median norms apart and a paraphrase ("France's capital city
+is") 0.7 away, so no radius reaches paraphrases without capturing same- template neighbours
+(GRACE's known trade-off); 0.1 keeps those neighbours deferred (0.4 routed every "capital of"
+prompt to one edit's value). Values start at the layer's original output for their key (as in
+GRACE's code) and are trained with Adam at lr 1.0 (GRACE's) on the edit NLL of the target
+tokens (no EOS appended, as GRACE), in verify rounds up to ``budget.max_steps`` steps
+(:mod:`benchmarks.methods.verify`). GRACE has no unlearning: for an unlearning piece the value
+is trained with NPO (beta 0.1, the engine's) on the forgotten answer instead. No retain term
+(GRACE has none). ``update`` adds keys (the sequential protocol); earlier values are frozen.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from memory_store.update.trainer import UNLEARN_MARGIN
 
 logger = logging.getLogger(__name__)
 
-RADIUS_FRACTION = 0.4
+RADIUS_FRACTION = 0.1
 VALUE_LR = 1.0
 NPO_BETA = 0.1
 # GRACE trains on the label tokens alone; one value at every answer position cannot also end
@@ -95,7 +98,8 @@ class GraceServed(HookedServed):
 
     # ---------------------------------------------------------------- keys
     @torch.no_grad()
-    def layer_io(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_io(self, prompts: Sequence[str], batch_size: int = 32
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """The base layer's (input, output) at each prompt's last token."""
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -104,10 +108,12 @@ class GraceServed(HookedServed):
 
         handle = self.module.register_forward_hook(capture)
         try:
-            self.model(**encode_batch(self.model, self.tokenizer, list(prompts)))
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                self.model(**encode_batch(self.model, self.tokenizer, chunk))
         finally:
             handle.remove()
-        return seen[0]
+        return torch.cat([k for k, _ in seen]), torch.cat([v for _, v in seen])
 
     def _add_keys(self, pieces: Sequence[PieceSpec]
                   ) -> tuple[list[str], list[int], list[torch.Tensor]]:

@@ -106,11 +106,12 @@ class WiseServed(HookedServed):
 
     def routed(self, prompts: Sequence[str]) -> list[bool]:
         """Whether each prompt is served by the side memory."""
-        if not prompts:
-            return []
-        x, mask, _ = self.layer_inputs(prompts)
-        with torch.no_grad():
-            return (self.scores(x, mask) > self.threshold).tolist()
+        out: list[bool] = []
+        for start in range(0, len(prompts), 32):
+            x, mask, _ = self.layer_inputs(prompts[start:start + 32])
+            with torch.no_grad():
+                out += (self.scores(x, mask) > self.threshold).tolist()
+        return out
 
     def _set_threshold(self) -> None:
         with torch.no_grad():
