@@ -68,3 +68,26 @@ def test_simnpo_loss_falls_as_the_answer_gets_less_likely() -> None:
     expected = -(2 / SIMNPO_BETA) * torch.nn.functional.logsigmoid(
         torch.tensor(SIMNPO_BETA * math.log(8) - SIMNPO_GAMMA))
     assert float(simnpo_loss(unlikely, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ft_lora", "grace", "wise"])
+def test_training_generates_from_training_prompts_only(name: str, tiny_model: Path,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = verify.pieces_reached
+
+    def recording(generate, tokenizer, pieces):
+        def spy(prompts: Sequence[str], n: int) -> list[str]:
+            seen.extend(prompts)
+            return generate(prompts, n)
+        return real(spy, tokenizer, pieces)
+
+    monkeypatch.setattr(verify, "pieces_reached", recording)
+    budget = Budget(steps=1, verify_rounds=1, early_stop=False, max_retain=1)
+    served = METHODS[name](tiny_model, PIECES, [RetainSpec("Hi", " there")], budget, 0,
+                           tmp_path)
+    served.close()
+    allowed = {p for piece in PIECES for p in verify.training_prompts(piece)}
+    assert seen and set(seen) <= allowed
+    assert served.last_update.steps_per_piece <= budget.max_steps
