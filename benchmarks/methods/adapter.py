@@ -57,7 +57,8 @@ RECIPES: dict[str, Recipe] = {
     "simnpo": Recipe("simnpo", "nll"),
 }
 
-# SimNPO's inverse temperature and reward margin: the SimNPO paper's TOFU setting
+# SimNPO's inverse temperature and reward margin: our reading of the SimNPO paper's TOFU
+# setting (not re-checked against the paper's tables; open-unlearning's default is beta 4.5)
 SIMNPO_BETA = 2.5
 SIMNPO_GAMMA = 0.0
 
