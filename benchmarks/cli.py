@@ -211,7 +211,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
                    help="a pretrained model instead of the prepared base models: an HF model "
                         "directory or 'smollm2' (the built-in model)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="headline methods (default: loka ft_lora ga grad_diff npo_kl grace)")
+                   help="headline methods (default: benchmarks.methods.HEADLINE)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the headline (default 3)")
     p.add_argument("--skip", action="append", default=None,
                    help="analyses to skip: ablations, density, sequential, conflict")

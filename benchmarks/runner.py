@@ -104,6 +104,7 @@ class SuiteRun:
                 record = {"seed": seed, "metrics": metrics, "fit_seconds": round(fit_s, 2),
                           "eval_seconds": round(time.perf_counter() - t0, 2),
                           "optimiser_steps": served.last_update.optimiser_steps,
+                          "steps_per_piece": served.last_update.steps_per_piece,
                           "footprint_bytes": served.footprint_bytes(), "info": served.info()}
             finally:
                 served.close()

@@ -24,11 +24,17 @@ class Budget:
     """What every method gets: the same LoRA shape, the same number of optimisation steps per
     piece, the same learning rate and retain set.
 
-    ``steps`` is the number of optimisation steps each piece takes part in: LOKA trains each
+    ``steps`` is one round of optimisation steps each piece takes part in: LOKA trains each
     memory (at most ``batch_pieces`` pieces, LOKA's capacity) full-batch for ``steps`` steps;
-    a single adapter runs ``steps`` epochs of mini-batches of ``batch_pieces`` pieces. With
-    ``early_stop`` every method stops once its targets are met (the engine's rule), checked
-    every ``check_every`` steps (LOKA) or epochs (single adapters)."""
+    a single adapter runs ``steps`` epochs of mini-batches of ``batch_pieces`` pieces; GRACE
+    and WISE take ``steps`` steps on their value / side memory. After each round every method
+    checks greedy generation on the *training* prompts (each edit output starts with its
+    target, no unlearning output contains its answer) and, while some are not reached, trains
+    another round of ``steps``, up to ``max_steps = steps * (1 + verify_rounds)`` steps per
+    piece in all (LOKA: the engine's ``verify_rounds`` / ``max_steps``; the others:
+    :func:`benchmarks.methods.verify.train_rounds`). With ``early_stop`` a round ends once the
+    teacher-forced targets are met (the engine's rule), checked every ``check_every`` steps
+    (LOKA, GRACE, WISE) or epochs (single adapters)."""
 
     rank: int = 8
     alpha: float = 16.0
@@ -38,24 +44,34 @@ class Budget:
     max_retain: int = 16
     early_stop: bool = True
     check_every: int = 10
+    verify_rounds: int = 2
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_pieces", "check_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"budget.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.max_retain < 0:
-            raise ValueError(f"budget.max_retain must be >= 0, got {self.max_retain!r}")
+        for name in ("max_retain", "verify_rounds"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"budget.{name} must be >= 0, got {getattr(self, name)!r}")
         if not (self.learning_rate > 0 and self.alpha > 0):
             raise ValueError("budget.learning_rate and budget.alpha must be > 0")
+
+    @property
+    def max_steps(self) -> int:
+        """The most optimisation steps (single adapters: epochs) any piece takes part in."""
+        return self.steps * (1 + self.verify_rounds)
 
 
 @dataclass
 class UpdateStats:
-    """What one ``fit`` / ``update`` did."""
+    """What one ``fit`` / ``update`` did. ``steps_per_piece``: the most optimisation steps
+    (single adapters: epochs) any piece of this update took part in, at most
+    ``Budget.max_steps``."""
 
     seconds: float
     optimiser_steps: int
+    steps_per_piece: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
 

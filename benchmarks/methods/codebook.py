@@ -1,14 +1,16 @@
 """Codebook methods served by the LOKA engine: LOKA itself, its ablations (LOKA.md section 4)
-and a GRACE-style per-piece key-value codebook.
+and ``lora_codebook``, a GRACE-style per-piece key-value codebook of LoRA values (the faithful
+GRACE, one layer's output replaced by a value vector, is :mod:`benchmarks.methods.grace`).
 
 Each is ``memory_store.Loka`` with a ``LokaConfig`` variant; the budget fixes the LoRA shape,
 the steps, the learning rate and the capacity (= the single adapters' mini-batch size).
 
-GRACE-style (Hartvigsen et al. 2023, adapted): one value per piece (a rank-r LoRA trained on
-that piece alone, with no retain term), keyed by the piece prompt's key; a query uses the value
-of its nearest key if it lies within the deferral radius, else the base model. There is no
-learned gate and no sharing between pieces. The radius is a cosine: GRACE's initial
-epsilon = 1.0 (Euclidean) on unit-normalised keys is cosine >= 0.5.
+``lora_codebook`` (GRACE-style, Hartvigsen et al. 2023, adapted to LoRA values): one value
+per piece (a rank-r LoRA trained on that piece alone, with no retain term), keyed by the piece
+prompt's key; a query uses the value of its nearest key if it lies within the deferral
+radius, else the base model. There is no learned gate and no sharing between pieces. The
+radius is a cosine: GRACE's initial epsilon = 1.0 (Euclidean) on unit-normalised keys is
+cosine >= 0.5.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from memory_store.lora.layer import use_state
 from memory_store.serving.lora import BatchState
 from memory_store.types import GenerationRequest, PieceSpec, RetainSpec
 
-GRACE_RADIUS = 0.5
+LORA_CODEBOOK_RADIUS = 0.5
 MAX_CAPACITY = 10_000  # the largest capacity LokaConfig accepts: "one dense memory"
 
 # a variant rewrites the budget-derived config: (config) -> config
@@ -49,20 +51,23 @@ VARIANTS: dict[str, Variant] = {
     "loka_no_router": lambda c: with_fields(c, router={"enabled": False, "min_similarity": -1.0}),
     "loka_never_split": lambda c: with_fields(c, conflict={"mode": "mgda"}),
     "loka_always_split": lambda c: with_fields(c, conflict={"mode": "split"}),
-    "grace": lambda c: with_fields(c, mapping={"capacity": 1},
-                             router={"enabled": False, "min_similarity": GRACE_RADIUS},
+    "lora_codebook": lambda c: with_fields(c, mapping={"capacity": 1},
+                             router={"enabled": False, "min_similarity": LORA_CODEBOOK_RADIUS},
                              trainer={"max_retain": 0, "retain_weight": 0.0}),
 }
 
 
 def budget_config(budget: Budget, seed: int) -> LokaConfig:
-    """LOKA's default config with the shared budget applied."""
+    """LOKA's default config with the shared budget applied: ``steps`` per round, the
+    engine's verify rounds and at most ``budget.max_steps`` steps per memory."""
     c = LokaConfig()
     return with_fields(c, lora={"rank": budget.rank, "alpha": budget.alpha},
                  mapping={"capacity": budget.batch_pieces},
                  trainer={"steps": budget.steps, "learning_rate": budget.learning_rate,
                           "max_retain": budget.max_retain, "early_stop": budget.early_stop,
-                          "check_every": budget.check_every, "seed": seed},
+                          "check_every": budget.check_every, "seed": seed,
+                          "verify_rounds": budget.verify_rounds,
+                          "max_steps": budget.max_steps},
                  router={"seed": seed})
 
 
@@ -109,8 +114,10 @@ class LokaServed:
         result = self.loka.update(pieces, retain)
         self.decisions += [{"memory": k, **asdict(v)} for k, v in result.decisions.items()]
         touched = [*result.memories_created, *result.memories_updated]
-        steps = sum(int(self.loka.memory(m).key_stats.get("steps", 0)) for m in touched)
-        self.last_update = UpdateStats(time.perf_counter() - started, steps,
+        per_memory = [int(self.loka.memory(m).key_stats.get("steps", 0)) for m in touched]
+        # a memory trains its pieces full-batch: each takes part in every step of its memory
+        self.last_update = UpdateStats(time.perf_counter() - started, sum(per_memory),
+                                       max(per_memory, default=0),
                                        {"memories_created": len(result.memories_created),
                                         "memories_updated": len(result.memories_updated)})
         return self.last_update

@@ -47,8 +47,9 @@ def test_every_method_fits_serves_and_updates(name: str, tiny_model: Path,
                 pytest.approx(acc)
         footprint = served.footprint_bytes()
         assert footprint == 0 if name == "base" else footprint > 0
+        assert served.last_update.steps_per_piece <= BUDGET.max_steps
         stats = served.update([PieceSpec(PieceKind.EDIT, "Hello there", " friend")], RETAIN)
-        assert stats.seconds >= 0
+        assert stats.seconds >= 0 and stats.steps_per_piece <= BUDGET.max_steps
         json.dumps(served.info())
         assert served.footprint_bytes() >= footprint
     finally:
@@ -81,17 +82,21 @@ def _ids(model_dir: Path, text: str) -> list[int]:
 def test_budget_reaches_every_codebook_variant() -> None:
     config = budget_config(Budget(rank=4, steps=7, batch_pieces=3), seed=5)
     assert (config.lora.rank, config.trainer.steps, config.mapping.capacity) == (4, 7, 3)
+    assert (config.trainer.verify_rounds, config.trainer.max_steps) == (2, 21)
     assert config.trainer.seed == config.router.seed == 5
     assert VARIANTS["loka_per_piece"](config).mapping.capacity == 1
     assert VARIANTS["loka_dense"](config).mapping.capacity == 10_000
     assert not VARIANTS["loka_no_router"](config).router.enabled
     assert VARIANTS["loka_never_split"](config).conflict.mode == "mgda"
     assert VARIANTS["loka_always_split"](config).conflict.mode == "split"
-    grace = VARIANTS["grace"](config)
-    assert (grace.mapping.capacity, grace.router.enabled, grace.trainer.max_retain) == (1, False, 0)
+    lora_cb = VARIANTS["lora_codebook"](config)
+    assert (lora_cb.mapping.capacity, lora_cb.router.enabled,
+            lora_cb.trainer.max_retain) == (1, False, 0)
 
 
 @pytest.mark.parametrize("field", ["rank", "steps", "batch_pieces"])
 def test_budget_validation_names_the_field(field: str) -> None:
     with pytest.raises(ValueError, match=f"budget.{field}"):
         Budget(**{field: 0})
+    with pytest.raises(ValueError, match="budget.verify_rounds"):
+        Budget(verify_rounds=-1)
