@@ -9,8 +9,12 @@ target appears / the unlearned answer is absent in the routed output, and the sa
 piece's memory forced (what the memory would do if routing found it), plus the highest cosine
 between the question's key and the keys the update stored.
 
-Variant ``chat_paraphrase`` also supplies each chat question, rendered with the chat template,
-as a second paraphrase (what a user can do today), and asks a second, held-out chat phrasing.
+Variants: ``completion_only`` (as above); ``chat_statement``: the piece's own prompt, sent as a
+user message through the chat template, is also supplied as a paraphrase (needs no question);
+``chat_paraphrase``: the chat question itself is supplied (``chat_questions`` of a piece) and a
+second, held-out chat phrasing is asked. After each update, chat locality: held-out general
+chat prompts and chat questions about other relations of the same subjects, the share routed
+to a memory and the share whose output is token-identical to the base model's.
 
     python -m benchmarks.chat_probe --model smollm2 --out benchmarks/results/chat_probe/
 """
@@ -29,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from memory_store import Loka
+from memory_store.general_prompts import general_prompts
 from memory_store.models.chat import user_prompt
 from memory_store.types import GenerationRequest, PieceKind, PieceSpec
 
 logger = logging.getLogger(__name__)
 
+VARIANTS = ("completion_only", "chat_statement", "chat_paraphrase")
 FACTS = Path(__file__).resolve().parent / "results" / "update_speed" / "facts.json"
 
 # (prompt pattern, question, held-out question): CounterFact relations as chat questions
@@ -57,6 +63,11 @@ QUESTIONS = [
     (r"^(?P<s>.+) follows the religion of$", "Which religion does {s} follow?",
      "Which religion did {s} follow?"),
 ]
+
+
+# other relations of a subject, asked in chat (never a hard negative: those are completions)
+SAME_SUBJECT_CHAT = ("Where was {s} born?", "What is {s} best known for?",
+                     "Tell me one fact about {s}.")
 
 
 def questions(prompt: str) -> tuple[str, str] | None:
@@ -90,6 +101,8 @@ def run(model: str, variant: str, facts: list[dict]) -> dict[str, Any]:
             paraphrases = [r["rephrase_prompt"]]
             if variant == "chat_paraphrase":
                 paraphrases.append(chat(q[0]))
+            elif variant == "chat_statement":
+                paraphrases.append(chat(r["prompt"]))
             return PieceSpec(kind, r["prompt"], " " + target, tuple(paraphrases), r["subject"])
 
         pieces = [spec(PieceKind.EDIT, r, q) for r, q in edits]
@@ -104,6 +117,10 @@ def run(model: str, variant: str, facts: list[dict]) -> dict[str, Any]:
         qs = [chat(asked[p.prompt][0]) for p in pieces]
         held = [chat(asked[p.prompt][1]) for p in pieces]
         base = gen(qs, "none")
+        general = [chat(g.prompt) for g in general_prompts("heldout") if g.form == "chat"]
+        same = [chat(t.format(s=p.subject)) for p in pieces for t in SAME_SUBJECT_CHAT]
+        untouched = {"general_chat": general, "same_subject_chat": same}
+        before = {k: [r.text for r in gen(v, "none")] for k, v in untouched.items()}
         t0 = time.perf_counter()
         loka.update(pieces)
         seconds = time.perf_counter() - t0
@@ -128,10 +145,17 @@ def run(model: str, variant: str, facts: list[dict]) -> dict[str, Any]:
                     "routed_ok": ok(ans, routed[i].text), "routed_text": routed[i].text,
                     "forced_ok": ok(ans, forced[i].text), "forced_text": forced[i].text,
                     "max_key_similarity": round(float(np.max(sims[i])), 3)})
+        locality = {}
+        for k, prompts in untouched.items():
+            after = gen(prompts)
+            locality[k] = {"n": len(prompts),
+                           "routed": float(np.mean([r.memory_id is not None for r in after])),
+                           "identical_to_base": float(np.mean(
+                               [r.text == b for r, b in zip(after, before[k], strict=True)]))}
         loka.close()
     return {"variant": variant, "update_seconds": round(seconds, 1),
             "facts_without_question_template": skipped, "rows": rows,
-            "summary": _summary(rows)}
+            "summary": _summary(rows), "locality": locality}
 
 
 def facts_truth(p: PieceSpec, edits: list, unlearns: list) -> str:
@@ -160,6 +184,12 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def markdown(results: list[dict]) -> str:
+    loc = ["| variant | untouched chat prompts | n | routed to a memory | "
+           "token-identical to base |", "|---|---|---|---|---|"]
+    for res in results:
+        for key, s in res["locality"].items():
+            loc.append(f"| {res['variant']} | {key} | {s['n']} | {s['routed']:.2f} | "
+                       f"{s['identical_to_base']:.2f} |")
     lines = ["| variant | pieces / chat question | n | routed to its memory | holds (routed) | "
              "holds (memory forced) | max key cosine (mean) |", "|---|---|---|---|---|---|---|"]
     for res in results:
@@ -167,18 +197,19 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| {res['variant']} | {key} | {s['n']} | "
                          f"{s['routed_to_own_memory']:.2f} | {s['routed_ok']:.2f} | "
                          f"{s['forced_ok']:.2f} | {s['mean_max_key_similarity']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(loc) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/chat_probe"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     facts = json.loads(FACTS.read_text())
     started = time.perf_counter()
-    results = [run(args.model, v, facts) for v in ("completion_only", "chat_paraphrase")]
+    results = [run(args.model, v, facts) for v in args.variants]
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": f"python -m benchmarks.chat_probe --model {args.model}",
             "seconds": round(time.perf_counter() - started, 1)}
