@@ -82,6 +82,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         data_dir = resolve_data_dir(args.data_dir)
+        if args.model is not None:  # TOFU's fine-tune of a pretrained model and its twins
+            from benchmarks.finetune import ensure_finetuned
+
+            if _suites(args.suite or ["all"]) != ["tofu"]:
+                sys.stderr.write("error: prepare --model fine-tunes on TOFU: use --suite tofu\n")
+                return 2
+            path = ensure_finetuned(_model(args.model), data_dir, args.authors,
+                                    args.scale or "cpu", cache_dir=args.cache_dir,
+                                    force=args.force)
+            logger.info("tofu: fine-tuned %s; run with --model %s", path, path)
+            return 0
         for name in _suites(args.suite or ["all"]):
             suite = build_suite(name, args.scale or "small", data_dir)
             started = time.perf_counter()
@@ -181,6 +192,11 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="train (or find cached) the base models of the suites")
     _common(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--model", default=None,
+                   help="--suite tofu only: fine-tune this pretrained model (an HF directory, "
+                        "'smollm2' or 'tiny') on TOFU authors 0..N-1, and its retain-only twin")
+    p.add_argument("--authors", type=int, default=10,
+                   help="with --model: how many TOFU authors to fine-tune on (default 10)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("run", help="run LOKA and the baselines; write results.json/.md, PNGs")

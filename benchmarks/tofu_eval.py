@@ -3,9 +3,9 @@
 
 The retain-only reference model of each forget split (never trained on the forget authors) is
 prepared with :func:`benchmarks.prepare.ensure_reference_model`; on a given model directory
-(``--model``) it is the directory named by ``retain_model`` in its ``loka_bench_model.json``
-(written by ``python -m benchmarks prepare --suite tofu --model ...``), and forget quality is
-NaN without one."""
+(``--model``) it is the directory that its ``loka_bench_model.json`` names for the split's
+forget authors (``retain_models``, written by ``python -m benchmarks prepare --suite tofu
+--model ...``: :mod:`benchmarks.finetune`), and forget quality is NaN without one."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class TofuEvaluator:
     def reference_model(self, split: str) -> Path | None:
         if split not in self.references:
             if self.given_model:
-                ref = read_info(self.model_dir).get("retain_models", {}).get(split)
+                key = ",".join(map(str, self.sets.splits[split]))
+                ref = read_info(self.model_dir).get("retain_models", {}).get(key)
                 path = Path(ref) if ref else None
                 if path is None or not (path / INFO_FILE).is_file():
                     logger.warning("%s has no retain-only %s model: forget quality is NaN",

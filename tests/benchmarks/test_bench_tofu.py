@@ -13,10 +13,11 @@ import pytest
 from benchmarks import data as D
 from benchmarks import tofu_metrics as T
 from benchmarks.data import REPO_ROOT
+from benchmarks.methods import Budget
 from benchmarks.prepare import INFO_FILE
 from benchmarks.report import render
 from benchmarks.runner import RunConfig, run
-from benchmarks.suites import build_suite
+from benchmarks.suites import SCALES, build_suite
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "tofu").is_dir(), reason="no shared TOFU data")
@@ -183,13 +184,18 @@ def _with_info(src: Path, dst: Path, info: dict) -> Path:
 
 
 @needs_data
-def test_tiny_tofu_run_reports_forget_quality_and_model_utility(tmp_path: Path,
-                                                                tiny_model: Path) -> None:
+def test_tiny_tofu_run_reports_forget_quality_and_model_utility(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a few questions per author and a short budget: fast on a shared CPU
+    monkeypatch.setitem(SCALES["small"], "tofu", {
+        **SCALES["small"]["tofu"], "per_author": 2, "retain_eval_per_author": 1,
+        "retain_train_per_author": 1, "general": 6})
     ref = _with_info(tiny_model, tmp_path / "ref", {"role": "retain_only"})
     model = _with_info(tiny_model, tmp_path / "model",
-                       {"retain_models": {"forget10": str(ref)}})
+                       {"retain_models": {"9": str(ref)}})  # forget10 = author 9
     cfg = RunConfig(suites=["tofu"], scale="small", data_dir=DATA, out=tmp_path / "out",
-                    methods=["base", "loka"], seeds=[0], analyses=set(), model=model)
+                    methods=["base", "loka"], seeds=[0], analyses=set(), model=model,
+                    budget=Budget(steps=4, check_every=2, max_retain=2))
     results = run(cfg)
     assert not results["failures"]
     tofu = results["suites"]["tofu"]
@@ -201,3 +207,29 @@ def test_tiny_tofu_run_reports_forget_quality_and_model_utility(tmp_path: Path,
         assert tofu["settings"][setting]["methods"]["base"]["mean"]["forget_quality"] == 1.0
     assert set(tofu["tofu"]["models"]) == {"base", "retain_forget10"}
     assert "forget quality" in render(results)
+
+
+@needs_data
+def test_prepare_model_fine_tunes_on_tofu_and_a_retain_only_twin(tmp_path: Path,
+                                                                 tiny_model: Path) -> None:
+    from benchmarks.finetune import FinetuneSpec, ensure_finetuned
+
+    ft = ensure_finetuned(tiny_model, DATA, 3, "small", FinetuneSpec(epochs=1, max_length=64),
+                          cache_dir=tmp_path, progress=False)
+    info = json.loads((ft / INFO_FILE).read_text())
+    assert info["role"] == "finetuned" and info["corpus_sizes"]["canonical"] == 60
+    assert info["knowledge"]["train_steps"] == info["n_examples"] // 16  # one epoch
+    assert list(info["retain_models"]) == ["2"]  # 3 authors: every split is author 2
+    twin_info = json.loads((Path(info["retain_models"]["2"]) / INFO_FILE).read_text())
+    assert twin_info["role"] == "retain_only" and twin_info["forget_authors"] == [2]
+    assert twin_info["corpus_sizes"]["canonical"] == 40  # authors 0 and 1 only
+
+
+def test_prepare_model_cli(tmp_path: Path) -> None:
+    from benchmarks import cli
+
+    args = cli.build_parser().parse_args(["prepare", "--suite", "tofu", "--model", "smollm2",
+                                          "--authors", "20"])
+    assert (args.model, args.authors) == ("smollm2", 20)
+    assert cli.main(["prepare", "--suite", "zsre", "--model", str(tmp_path),
+                     "--data-dir", str(tmp_path)]) == 2  # fine-tuning is TOFU's only
