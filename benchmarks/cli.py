@@ -75,7 +75,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks.data import DataError, resolve_data_dir
-    from benchmarks.prepare import ensure_base_model, read_info
+    from benchmarks.prepare import ensure_base_model, ensure_reference_models, read_info
     from benchmarks.suites import build_suite
 
     setup_logging(getattr(args, "verbose", False))
@@ -103,6 +103,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                         k.get("acc_canonical", float("nan")),
                         f"{k['acc_paraphrase']:.3f}" if "acc_paraphrase" in k else "-",
                         k.get("acc_general", float("nan")))
+            for split, ref in ensure_reference_models(suite, args.cache_dir, args.force).items():
+                k = read_info(ref).get("knowledge", {})
+                logger.info("%s: retain-only reference model of %s: %s; greedy accuracy "
+                            "canonical %.3f", name, split, ref,
+                            k.get("acc_canonical", float("nan")))
     except DataError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -8,6 +8,10 @@ plus its locality set, with a byte-level BPE tokenizer trained on the same text.
 cached under ``$LOKA_CACHE_DIR/bench-models/<suite>-<scale>-<hash12>`` (the hash covers the
 corpus and every setting) with ``loka_bench_model.json``: how well it learned each part, the
 ceiling of "retain".
+
+TOFU also gets a retain-only reference model per forget split (``...-retain-<split>-<hash12>``):
+the same recipe, seed and tokenizer on the corpus without the forget authors' QA, which TOFU's
+forget quality compares the unlearned model with (:mod:`benchmarks.tofu_eval`).
 """
 
 from __future__ import annotations
@@ -134,6 +138,16 @@ def ensure_reference_model(suite: Suite, split: str, cache_dir: Path | None = No
     base = ensure_base_model(suite, cache_dir, progress=progress)
     return _cached(reference_path(suite, split, cache_dir), force,
                    lambda tmp: _build_reference(suite, split, spec, base, tmp, progress))
+
+
+def ensure_reference_models(suite: Suite, cache_dir: Path | None = None, force: bool = False,
+                            progress: bool = True) -> dict[str, Path]:
+    """The retain-only reference model of every forget split of a TOFU suite (none for the
+    other suites), by split."""
+    if suite.tofu is None:
+        return {}
+    return {split: ensure_reference_model(suite, split, cache_dir, force, progress)
+            for split in suite.tofu.splits}
 
 
 def _cached(path: Path, force: bool, build: Callable[[Path], None]) -> Path:
