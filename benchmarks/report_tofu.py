@@ -13,16 +13,17 @@ COLUMNS += [(f"{s}_{p}", f"{s.replace('_', ' ')} {h}") for s in UTILITY_SETS
             for p, h in (("prob", "prob."), ("rouge", "ROUGE-L"), ("truth_ratio", "TR"))]
 
 
-def _num(value: Any) -> str:
+def _num(value: Any, small: bool = False) -> str:
+    """Two decimals; ``small`` values under 0.01 (p-values) with two significant digits."""
     if value is None or (isinstance(value, float) and value != value):
         return "–"
-    return f"{value:.3g}" if abs(value) < 0.01 and value else f"{value:.2f}"
+    return f"{value:.2g}" if small and 0 < abs(value) < 0.01 else f"{value:.2f}"
 
 
-def _cell(mean: Any, std: Any, seeds: int) -> str:
-    text = _num(mean)
+def _cell(mean: Any, std: Any, seeds: int, small: bool = False) -> str:
+    text = _num(mean, small)
     if seeds > 1 and text != "–" and std is not None:
-        text += f" ± {_num(std)}"
+        text += f" ± {_num(std, small)}"
     return text
 
 
@@ -60,8 +61,8 @@ def tofu_section(name: str, suite: dict[str, Any], seeds: int) -> list[str]:
         for m, agg in s["methods"].items():
             if "forget_quality" not in agg["mean"]:
                 continue
-            rows.append([f"`{m}`", *[_cell(agg["mean"].get(c), agg["std"].get(c), seeds)
-                                     for c, _ in COLUMNS]])
+            rows.append([f"`{m}`", *[_cell(agg["mean"].get(c), agg["std"].get(c), seeds,
+                                           c == "forget_quality") for c, _ in COLUMNS]])
         ref = tofu["reference"].get(f"{name}/{sname}")
         if ref:
             rows.append(["retain-only reference", "1.00 (itself)",
