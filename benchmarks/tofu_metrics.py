@@ -4,19 +4,20 @@ TOFU's released evaluation code computes them (``aggregate_stat.py``).
 Every probability is length-normalised: ``p(a | q) = exp(log P(a | q) / tokens(a))``.
 
 - **Truth ratio** of one question: ``R = p_pert / p_para`` where ``p_para`` is the paraphrased
-  answer's probability (on the control sets, the answer's own) and ``p_pert`` the geometric
-  mean of the perturbed answers' probabilities (TOFU's code averages the perturbed answers'
-  per-token losses, then exponentiates; the paper writes an arithmetic mean of probabilities).
-  The forget set reports ``mean(min(R, 1/R))``; the retain and control sets
-  ``mean(max(0, 1 - R))`` (higher: the model prefers the true answer).
+  answer's probability (on the control sets, the answer's own) and ``p_pert`` the arithmetic
+  mean of the perturbed answers' probabilities (the paper's definition, and TOFU's
+  ``get_model_utility``). The forget set reports ``mean(min(R, 1/R))``; the retain and control
+  sets ``mean(max(0, 1 - R))`` (higher: the model prefers the true answer).
 - **Probability**: on the retain and forget sets the mean of ``p(answer)``; on the control sets
   the mean of ``p(answer) / (p(answer) + sum of p(perturbed))``.
 - **ROUGE-L**: recall of the answer in the greedy output
   (:func:`benchmarks.metrics.rouge_l_recall`).
 - **Forget quality**: the p-value of the two-sample Kolmogorov-Smirnov test between the forget
-  set's truth ratios ``R`` under the unlearned model and under the retain-only reference model
-  (never trained on the forget authors). ``scipy.stats.ks_2samp`` when scipy is installed; else
-  the same exact two-sided p-value computed here by counting lattice paths.
+  set's truth ratios under the unlearned model and under the retain-only reference model
+  (never trained on the forget authors). As in TOFU's ``get_forget_quality``, these ratios
+  average the perturbed answers' per-token losses (a geometric mean of their probabilities):
+  ``exp(mean perturbed loss - paraphrased loss)``. ``scipy.stats.ks_2samp`` when scipy is
+  installed; else the same exact two-sided p-value computed here by counting lattice paths.
 - **Model utility**: the harmonic mean of the nine numbers (probability, ROUGE-L, truth ratio)
   on the retain set, the real authors and the world facts.
 """
@@ -52,12 +53,24 @@ def norm_prob(logprob: float, n_tokens: int) -> float:
 
 def truth_ratio(para_logp: float, para_len: int, pert_logps: Sequence[float],
                 pert_lens: Sequence[int]) -> float:
-    """``R = p_pert / p_para`` of one question (module docstring); NaN without perturbed
+    """``R = mean(p_pert) / p_para`` of one question, length-normalised probabilities (the
+    statistic model utility and the reported truth ratios use); NaN without perturbed
     answers."""
-    per_token = [lp / n for lp, n in zip(pert_logps, pert_lens, strict=True) if n > 0]
-    if not per_token or para_len <= 0:
+    probs = [norm_prob(lp, n) for lp, n in zip(pert_logps, pert_lens, strict=True) if n > 0]
+    if not probs or para_len <= 0:
         return float("nan")
-    return math.exp(sum(per_token) / len(per_token) - para_logp / para_len)
+    return (sum(probs) / len(probs)) / norm_prob(para_logp, para_len)
+
+
+def ks_truth_ratio(para_logp: float, para_len: int, pert_logps: Sequence[float],
+                   pert_lens: Sequence[int]) -> float:
+    """What TOFU's forget quality feeds the KS test for one question:
+    ``exp(mean perturbed per-token loss - paraphrased per-token loss)`` (the inverse of ``R``
+    with a geometric mean of the perturbed probabilities); NaN without perturbed answers."""
+    losses = [-lp / n for lp, n in zip(pert_logps, pert_lens, strict=True) if n > 0]
+    if not losses or para_len <= 0:
+        return float("nan")
+    return math.exp(sum(losses) / len(losses) + para_logp / para_len)
 
 
 def forget_truth_stat(ratios: Sequence[float]) -> float:
@@ -200,20 +213,22 @@ def truth_pairs(items: dict[str, TruthItem]) -> list[tuple[str, str]]:
 
 
 def truth_ratios(items: dict[str, TruthItem], logp: dict[tuple[str, str], float],
-                 n_tokens: Callable[[str], int]) -> dict[str, float]:
-    """R of every question of ``items`` from the scored log-probabilities."""
-    return {q: truth_ratio(logp[(q, it.base_answer)], n_tokens(it.base_answer),
-                           [logp[(q, a)] for a in it.perturbed],
-                           [n_tokens(a) for a in it.perturbed])
+                 n_tokens: Callable[[str], int], ratio: Callable[..., float] = truth_ratio
+                 ) -> dict[str, float]:
+    """``ratio`` (:func:`truth_ratio` or :func:`ks_truth_ratio`) of every question of ``items``
+    from the scored log-probabilities."""
+    return {q: ratio(logp[(q, it.base_answer)], n_tokens(it.base_answer),
+                     [logp[(q, a)] for a in it.perturbed], [n_tokens(a) for a in it.perturbed])
             for q, it in items.items()}
 
 
 def tofu_scores(score: ScoreFn, texts: dict[str, str], n_tokens: Callable[[str], int],
                 forget: dict[str, TruthItem], utility: dict[str, TruthItem]
                 ) -> dict[str, float | list[float]]:
-    """TOFU's numbers of one model: ``forget_truth_ratios`` (R per forget question, for the KS
-    test), ``forget_{prob,rouge,truth_ratio}``, ``{retain,real_authors,world_facts}_{prob,
-    rouge,truth_ratio}`` and ``model_utility``.
+    """TOFU's numbers of one model: ``forget_truth_ratios`` (per forget question, what the KS
+    test of forget quality compares: :func:`ks_truth_ratio`),
+    ``forget_{prob,rouge,truth_ratio}``, ``{retain,real_authors,world_facts}_{prob,rouge,
+    truth_ratio}`` and ``model_utility``.
 
     ``score`` is the served model's teacher-forced scorer, ``texts`` its greedy outputs by
     prompt (every question of ``forget`` and ``utility``); ``utility`` holds the retain and
@@ -241,7 +256,8 @@ def tofu_scores(score: ScoreFn, texts: dict[str, str], n_tokens: Callable[[str],
         out[f"{name}_rouge"] = mean([rouge_l_recall(items[q].answer, texts[q]) for q in qs])
         out[f"{name}_truth_ratio"] = (forget_truth_stat(rs) if name == "forget"
                                       else retain_truth_stat(rs))
-    out["forget_truth_ratios"] = [ratios[q] for q in forget]
+    ks = truth_ratios(forget, logp, n_tokens, ks_truth_ratio)
+    out["forget_truth_ratios"] = [ks[q] for q in forget]
     out["model_utility"] = model_utility({k: v for k, v in out.items()
                                           if isinstance(v, float)})
     return out

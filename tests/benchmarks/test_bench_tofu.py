@@ -89,16 +89,19 @@ def test_load_tofu_control(data_dir: Path) -> None:
 
 
 def test_truth_ratio_by_hand() -> None:
-    # paraphrase: logp -2 over 2 tokens -> p = e^-1; perturbed: -3/1 and -2/2 -> per-token
-    # log-probs -3 and -1, geometric mean e^-2; R = e^-2 / e^-1 = e^-1
+    # paraphrase: logp -2 over 2 tokens -> p = e^-1; perturbed: -3 over 1 token and -2 over 2
+    # tokens -> p = e^-3 and e^-1
+    e1, e3 = math.exp(-1), math.exp(-3)
     r = T.truth_ratio(-2.0, 2, [-3.0, -2.0], [1, 2])
-    assert r == pytest.approx(math.exp(-1))
-    assert T.forget_truth_stat([r, 1 / r, 1.0]) == pytest.approx((2 * math.exp(-1) + 1) / 3)
+    assert r == pytest.approx(((e3 + e1) / 2) / e1)  # arithmetic mean over the perturbed
+    # the KS input: exp(mean perturbed loss - paraphrase loss) = exp((3 + 1) / 2 - 1) = e
+    assert T.ks_truth_ratio(-2.0, 2, [-3.0, -2.0], [1, 2]) == pytest.approx(math.e)
+    assert T.forget_truth_stat([0.5, 2.0, 1.0]) == pytest.approx((0.5 + 0.5 + 1) / 3)
     assert T.retain_truth_stat([0.25, 2.0]) == pytest.approx((0.75 + 0.0) / 2)
     assert math.isnan(T.truth_ratio(-1.0, 1, [], []))
     # control probability: p = e^-1 for the answer, e^-1 and e^-2 (per token) for the others
     p = T.control_prob(-1.0, 1, [-2.0, -4.0], [2, 2])
-    e1, e2 = math.exp(-1), math.exp(-2)
+    e2 = math.exp(-2)
     assert p == pytest.approx(e1 / (e1 + e1 + e2))
 
 
@@ -133,13 +136,15 @@ def test_tofu_scores_with_a_fake_scorer() -> None:
     forget = {"q?": T.TruthItem(" a", " para", (" x", " y"), "retain")}
     utility = {"r?": T.TruthItem(" b", " bp", (" z",), "retain"),
                "w?": T.TruthItem(" c", " c", (" d",), "world_facts")}
-    logp = {("q?", " a"): -1.0, ("q?", " para"): -1.0, ("q?", " x"): -2.0, ("q?", " y"): -2.0,
+    logp = {("q?", " a"): -1.0, ("q?", " para"): -1.0, ("q?", " x"): -2.0, ("q?", " y"): -4.0,
             ("r?", " b"): -0.5, ("r?", " bp"): -1.0, ("r?", " z"): -3.0,
             ("w?", " c"): -1.0, ("w?", " d"): -1.0}
     out = T.tofu_scores(lambda pairs: [(logp[p], 0.0) for p in pairs],
                         {"q?": "a", "r?": "b", "w?": "nothing"}, lambda t: 1, forget, utility)
-    assert out["forget_truth_ratios"] == pytest.approx([math.exp(-1)])
-    assert out["forget_truth_ratio"] == pytest.approx(math.exp(-1))
+    # R = mean(e^-2, e^-4) / e^-1; the KS input exp((2 + 4) / 2 - 1) = e^2
+    r = (math.exp(-2) + math.exp(-4)) / 2 / math.exp(-1)
+    assert out["forget_truth_ratio"] == pytest.approx(r)
+    assert out["forget_truth_ratios"] == pytest.approx([math.exp(2)])
     assert out["retain_prob"] == pytest.approx(math.exp(-0.5))
     assert out["retain_truth_ratio"] == pytest.approx(1 - math.exp(-2))
     assert out["world_facts_prob"] == pytest.approx(0.5)
