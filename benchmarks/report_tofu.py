@@ -23,7 +23,7 @@ def _num(value: Any, small: bool = False) -> str:
 def _cell(mean: Any, std: Any, seeds: int, small: bool = False) -> str:
     text = _num(mean, small)
     if seeds > 1 and text != "–" and std is not None:
-        text += f" ± {_num(std, small)}"
+        text += f" ± {_num(std)}"
     return text
 
 
