@@ -75,13 +75,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks.data import DataError, resolve_data_dir
-    from benchmarks.prepare import ensure_base_model, read_info
+    from benchmarks.prepare import ensure_base_model, ensure_reference_models, read_info
     from benchmarks.suites import build_suite
 
     setup_logging(getattr(args, "verbose", False))
     torch.set_num_threads(1)
     try:
         data_dir = resolve_data_dir(args.data_dir)
+        if args.model is not None:  # TOFU's fine-tune of a pretrained model and its twins
+            from benchmarks.finetune import ensure_finetuned
+
+            if _suites(args.suite or ["all"]) != ["tofu"]:
+                sys.stderr.write("error: prepare --model fine-tunes on TOFU: use --suite tofu\n")
+                return 2
+            path = ensure_finetuned(_model(args.model), data_dir, args.authors,
+                                    args.scale or "cpu", cache_dir=args.cache_dir,
+                                    force=args.force)
+            logger.info("tofu: fine-tuned %s; run with --model %s", path, path)
+            return 0
         for name in _suites(args.suite or ["all"]):
             suite = build_suite(name, args.scale or "small", data_dir)
             started = time.perf_counter()
@@ -92,6 +103,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                         k.get("acc_canonical", float("nan")),
                         f"{k['acc_paraphrase']:.3f}" if "acc_paraphrase" in k else "-",
                         k.get("acc_general", float("nan")))
+            for split, ref in ensure_reference_models(suite, args.cache_dir, args.force).items():
+                k = read_info(ref).get("knowledge", {})
+                logger.info("%s: retain-only reference model of %s: %s; greedy accuracy "
+                            "canonical %.3f", name, split, ref,
+                            k.get("acc_canonical", float("nan")))
     except DataError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -203,6 +219,11 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="train (or find cached) the base models of the suites")
     _common(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--model", default=None,
+                   help="--suite tofu only: fine-tune this pretrained model (an HF directory, "
+                        "'smollm2' or 'tiny') on TOFU authors 0..N-1, and its retain-only twin")
+    p.add_argument("--authors", type=int, default=10,
+                   help="with --model: how many TOFU authors to fine-tune on (default 10)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("run", help="run LOKA and the baselines; write results.json/.md, PNGs")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -151,25 +151,80 @@ class TofuQA:
     perturbed_answers: tuple[str, ...]
 
 
-def load_tofu(data_dir: Path, n_authors: int) -> dict[int, list[TofuQA]]:
-    """QA of authors ``0 .. n_authors-1`` with paraphrases and perturbed answers, by author,
-    in TOFU's order (authors 0-19 come from ``retain_perturbed``, 20-149 from
-    ``extended_perturbed``)."""
-    if not 1 <= n_authors <= 150:
-        raise DataError(f"TOFU has authors 0-149 here; asked for {n_authors}")
+# authors 0-149 of TOFU's 200 are in this copy of the data (shared/data/README.md)
+TOFU_AUTHORS = 200
+TOFU_AVAILABLE = range(150)
+# TOFU's official forget splits: the last 1% / 5% / 10% of its 200 authors
+TOFU_SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+
+
+def load_tofu(data_dir: Path, authors: int | Sequence[int]) -> dict[int, list[TofuQA]]:
+    """QA of ``authors`` (author indices, any order and any gaps; an int ``n`` means authors
+    ``0 .. n-1``) with paraphrases and perturbed answers, by author, 20 each in TOFU's order
+    (authors 0-19 come from ``retain_perturbed``, 20-149 from ``extended_perturbed``)."""
+    wanted = set(range(authors)) if isinstance(authors, int) else {int(a) for a in authors}
+    if not wanted:
+        raise DataError("TOFU: no authors asked for")
+    outside = sorted(a for a in wanted if a not in TOFU_AVAILABLE)
+    if outside:
+        raise DataError(f"TOFU has authors 0-149 here; asked for {outside[:5]}")
     by_author: dict[int, list[TofuQA]] = {}
     for rel in ("tofu/retain_perturbed.jsonl", "tofu/extended_perturbed.jsonl"):
         for row in read_jsonl(data_dir / rel):
             a = int(row["author_index"])
-            if a >= n_authors:
+            if a not in wanted:
                 continue
             by_author.setdefault(a, []).append(TofuQA(
                 a, row["question"], row["answer"], row["paraphrased_question"],
                 row["paraphrased_answer"], tuple(row["perturbed_answer"])))
-    missing = [a for a in range(n_authors) if len(by_author.get(a, [])) != 20]
+    missing = [a for a in sorted(wanted) if len(by_author.get(a, [])) != 20]
     if missing:
         raise DataError(f"TOFU: authors {missing[:5]} do not have 20 QA pairs")
-    return by_author
+    return {a: by_author[a] for a in sorted(wanted)}
+
+
+def split_size(name: str, n_authors: int) -> int:
+    """How many authors split ``name`` (forget01/05/10) forgets out of ``n_authors``: its share,
+    rounded, at least one."""
+    if name not in TOFU_SPLITS:
+        raise DataError(f"unknown TOFU split {name!r}; choose from {', '.join(TOFU_SPLITS)}")
+    return max(1, round(TOFU_SPLITS[name] * n_authors))
+
+
+def tofu_split(name: str | Sequence[int], authors: Sequence[int] | None = None) -> list[int]:
+    """The forget authors of a split.
+
+    ``name`` is one of TOFU's splits or an explicit list of author indices (returned sorted).
+    Without ``authors`` a split is TOFU's official one, the last 1% / 5% / 10% of the 200
+    authors (forget01 = 198-199, forget05 = 190-199, forget10 = 180-199); those authors are not
+    in this copy of the data (it holds 0-149), so loading them raises ``DataError``. With
+    ``authors`` (the loaded ones) the split is scaled down the same way: the last 1% / 5% / 10%
+    of them, at least one author."""
+    if not isinstance(name, str):
+        return sorted({int(a) for a in name})
+    pool = sorted(authors) if authors is not None else list(range(TOFU_AUTHORS))
+    return pool[len(pool) - split_size(name, len(pool)):]
+
+
+@dataclass(frozen=True)
+class ControlQA:
+    """A question of TOFU's control sets (real authors, world facts) and its perturbed
+    (wrong) answers; the answer itself stands in for the paraphrase in the truth ratio."""
+
+    set: str  # "real_authors" or "world_facts"
+    question: str
+    answer: str
+    perturbed_answers: tuple[str, ...]
+
+
+def load_tofu_control(data_dir: Path) -> dict[str, list[ControlQA]]:
+    """TOFU's model-utility control sets by name, in file order: ``real_authors`` (100) and
+    ``world_facts`` (117)."""
+    out: dict[str, list[ControlQA]] = {}
+    for name in ("real_authors", "world_facts"):
+        out[name] = [ControlQA(name, r["question"], r["answer"], tuple(r["perturbed_answer"]))
+                     for r in read_jsonl(data_dir / f"tofu/{name}_perturbed.jsonl")]
+    return out
 
 
 def load_tofu_general(data_dir: Path) -> list[tuple[str, str]]:

@@ -8,6 +8,10 @@ plus its locality set, with a byte-level BPE tokenizer trained on the same text.
 cached under ``$LOKA_CACHE_DIR/bench-models/<suite>-<scale>-<hash12>`` (the hash covers the
 corpus and every setting) with ``loka_bench_model.json``: how well it learned each part, the
 ceiling of "retain".
+
+TOFU also gets a retain-only reference model per forget split (``...-retain-<split>-<hash12>``):
+the same recipe, seed and tokenizer on the corpus without the forget authors' QA, which TOFU's
+forget quality compares the unlearned model with (:mod:`benchmarks.tofu_eval`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from benchmarks.protocol import BaseCorpus, Pair, Suite
 from memory_store.files import file_lock
@@ -105,7 +110,49 @@ def ensure_base_model(suite: Suite, cache_dir: Path | None = None, force: bool =
                       progress: bool = True) -> Path:
     """The cached base model of ``suite``, trained first if missing (or ``force``)."""
     spec = SPECS[suite.scale][suite.name]
-    path = model_path(suite, spec, cache_dir)
+    return _cached(model_path(suite, spec, cache_dir), force,
+                   lambda tmp: _build(suite, spec, tmp, progress))
+
+
+def reference_path(suite: Suite, split: str, cache_dir: Path | None = None) -> Path:
+    """Where the retain-only reference model of TOFU split ``split`` is cached: named after
+    the base model (whose tokenizer it shares) and hashed over its own corpus."""
+    if suite.tofu is None:
+        raise ValueError(f"{suite.name} has no TOFU forget splits")
+    spec = SPECS[suite.scale][suite.name]
+    corpus = suite.tofu.retain_corpora[split]
+    payload = {"version": PREPARE_VERSION, "spec": asdict(spec), "base": model_hash(suite, spec),
+               "forget": list(suite.tofu.splits[split]),
+               "corpus": [list(corpus.canonical), list(corpus.paraphrase), list(corpus.general)]}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=True).encode())
+    return (cache_root(cache_dir) / "bench-models" /
+            f"{suite.name}-{suite.scale}-retain-{split}-{digest.hexdigest()[:12]}")
+
+
+def ensure_reference_model(suite: Suite, split: str, cache_dir: Path | None = None,
+                           force: bool = False, progress: bool = True) -> Path:
+    """TOFU's retain-only reference model of ``split``: the base model's recipe (same
+    architecture, schedule, seed and tokenizer) trained on the corpus without the split's
+    forget authors; cached, trained first if missing (or ``force``)."""
+    spec = SPECS[suite.scale][suite.name]
+    base = ensure_base_model(suite, cache_dir, progress=progress)
+    return _cached(reference_path(suite, split, cache_dir), force,
+                   lambda tmp: _build_reference(suite, split, spec, base, tmp, progress))
+
+
+def ensure_reference_models(suite: Suite, cache_dir: Path | None = None, force: bool = False,
+                            progress: bool = True) -> dict[str, Path]:
+    """The retain-only reference model of every forget split of a TOFU suite (none for the
+    other suites), by split."""
+    if suite.tofu is None:
+        return {}
+    return {split: ensure_reference_model(suite, split, cache_dir, force, progress)
+            for split in suite.tofu.splits}
+
+
+def _cached(path: Path, force: bool, build: Callable[[Path], None]) -> Path:
+    """``path`` once ``build(tmp)`` has written it (atomically, under a lock), unless it is
+    there already and not ``force``."""
     if (path / INFO_FILE).is_file() and not force:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +162,7 @@ def ensure_base_model(suite: Suite, cache_dir: Path | None = None, force: bool =
             return path
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
-            _build(suite, spec, tmp, progress)
+            build(tmp)
             tmp.chmod(0o755)
             if path.exists():
                 shutil.rmtree(path)
@@ -175,28 +222,45 @@ def _train(model, tokenizer, corpus: BaseCorpus, spec: BaseModelSpec, label: str
 
 
 def _build(suite: Suite, spec: BaseModelSpec, out_dir: Path, progress: bool) -> None:
-    label = f"{suite.name}-{suite.scale}"
-    logger.info("training the %s base model into %s", label, out_dir)
     texts = [p + t for p, t in suite.corpus.all_pairs()]
     tokenizer = bpe_tokenizer(texts, spec.vocab_size, spec.n_positions)
+    _train_and_save(f"{suite.name}-{suite.scale}", suite, suite.corpus, spec, tokenizer, out_dir,
+                    progress, {"hash": model_hash(suite, spec)})
+
+
+def _build_reference(suite: Suite, split: str, spec: BaseModelSpec, base: Path, out_dir: Path,
+                     progress: bool) -> None:
+    assert suite.tofu is not None
+    forget = suite.tofu.splits[split]
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    corpus = suite.tofu.retain_corpora[split]
+    _train_and_save(f"{suite.name}-{suite.scale}-retain-{split}", suite, corpus, spec,
+                    tokenizer, out_dir, progress,
+                    {"role": "retain_only", "forget_split": split, "forget_authors": list(forget),
+                     "base": base.name})
+
+
+def _train_and_save(label: str, suite: Suite, corpus: BaseCorpus, spec: BaseModelSpec,
+                    tokenizer, out_dir: Path, progress: bool, extra: dict[str, Any]) -> None:
+    logger.info("training the %s model into %s", label, out_dir)
     with training_environment(spec.seed):
         model = new_gpt2(tokenizer, n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head,
                          n_positions=spec.n_positions)
-        stats = _train(model, tokenizer, suite.corpus, spec, label, progress)
+        stats = _train(model, tokenizer, corpus, spec, label, progress)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     info = {"name": f"loka-bench-{label}", "suite": suite.name, "scale": suite.scale,
-            "hash": model_hash(suite, spec), "prepare_version": PREPARE_VERSION,
+            **extra, "prepare_version": PREPARE_VERSION,
             "n_params": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer), "spec": asdict(spec),
-            "corpus_sizes": {"canonical": len(suite.corpus.canonical),
-                             "paraphrase": len(suite.corpus.paraphrase),
-                             "general": len(suite.corpus.general)},
+            "corpus_sizes": {"canonical": len(corpus.canonical),
+                             "paraphrase": len(corpus.paraphrase),
+                             "general": len(corpus.general)},
             "knowledge": stats, "torch_version": torch.__version__}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    logger.info("%s base model: %d params, canonical %.3f, paraphrase %.3f, general %.3f, "
+    logger.info("%s model: %d params, canonical %.3f, paraphrase %.3f, general %.3f, "
                 "%.0f s", label, info["n_params"], stats.get("acc_canonical", float("nan")),
                 stats.get("acc_paraphrase", float("nan")), stats.get("acc_general", float("nan")),
                 stats["train_seconds"])

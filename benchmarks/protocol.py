@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
+
+if TYPE_CHECKING:
+    from benchmarks.tofu_metrics import TofuSets
 
 Pair = tuple[str, str]
 
@@ -103,6 +107,8 @@ class Suite:
     sizes: dict = field(default_factory=dict)
     # (in-profile, out-profile) setting names for the conflict histogram
     conflict_pair: tuple[str, str] | None = None
+    # TOFU only: truth-ratio data, forget splits and their retain-only corpora
+    tofu: TofuSets | None = None
 
     def setting(self, name: str) -> Setting:
         for s in self.settings:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from benchmarks.report_tofu import tofu_section
+
 # (metric, header, format): "p" proportion, "n" nats
 QA_COLUMNS = [
     ("edit_rel_acc", "edit rel. acc", "p"), ("edit_gen_acc", "edit gen. acc", "p"),
@@ -253,6 +255,8 @@ def render(results: dict[str, Any]) -> str:
             + "\n")
     for name, suite in _complete(results).items():
         out += _headline(name, suite, seeds)
+    for name, suite in _complete(results).items():
+        out += tofu_section(name, suite, seeds)
     if any(s["settings"][k].get("ablations") for s in _complete(results).values()
            for k in s["settings"]):
         out.append(f"## Ablations (seed {meta['seeds'][0]})\n")

@@ -31,6 +31,7 @@ from benchmarks.prepare import INFO_FILE, SPECS, ensure_base_model, model_path, 
 from benchmarks.protocol import Setting, Suite
 from benchmarks.sequential import run_sequential
 from benchmarks.suites import build_suite
+from benchmarks.tofu_eval import TofuEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class SuiteRun:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.base: dict[str, Outputs] = {}
         self.runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # TOFU: forget quality (against a retain-only reference model) and model utility
+        self.tofu = (TofuEvaluator(suite, model_dir, cfg.model is not None, self.budget,
+                                   workroot, self.tokenizer, cfg.cache_dir)
+                     if suite.tofu is not None else None)
 
     def base_outputs(self, setting: Setting) -> Outputs:
         if setting.key not in self.base:
@@ -101,6 +106,9 @@ class SuiteRun:
                 t0 = time.perf_counter()
                 out = collect(served, setting, self._tokens(setting))
                 metrics = compute_metrics(setting, out, base, self.tokenizer)
+                if self.tofu is not None:
+                    metrics.update(self.tofu.metrics(setting, served, out,
+                                                     self._tokens(setting)))
                 record = {"seed": seed, "metrics": metrics, "fit_seconds": round(fit_s, 2),
                           "eval_seconds": round(time.perf_counter() - t0, 2),
                           "optimiser_steps": served.last_update.optimiser_steps,
@@ -210,6 +218,8 @@ def run_main(cfg: RunConfig, name: str, workroot: Path) -> dict[str, Any]:
                 records = [run.runs[(setting.key, m, cfg.seeds[0])]]
                 entry["ablations"][m] = {"runs": records, **_aggregate(records)}
         result["settings"][setting.name] = entry
+    if run.tofu is not None:
+        result["tofu"] = run.tofu.summary(max(run._tokens(s) for s in suite.settings))
     if "density" in cfg.analyses and name in DENSITY_SETTINGS:
         setting = suite.setting(DENSITY_SETTINGS[name])
         points = []

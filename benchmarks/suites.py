@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks import data as D
 from benchmarks.protocol import BaseCorpus, Case, Pair, Sequential, Setting, Suite, answer
+from benchmarks.tofu_metrics import TofuSets, TruthItem
 from memory_store.types import PieceKind, RetainSpec
 
 SUITES = ("tofu", "zsre", "counterfact", "pku")
@@ -92,12 +93,19 @@ def _retain(pairs: list[Pair]) -> tuple[RetainSpec, ...]:
 
 
 def _tofu(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...]) -> Suite:
+    """TOFU's forget splits scaled down to the loaded authors (:func:`benchmarks.data.tofu_split`:
+    the last 10% / 5% / 1% of them, at least one; splits that coincide are run once). Per
+    split: unlearn the forget authors' even QA; edit their odd QA (in-profile) or the even QA of
+    as many authors just before them (out-profile); the other authors are the retain set. The
+    forget10 split's settings keep the names ``in_profile`` / ``out_profile``, the others are
+    prefixed with the split (``forget05_in_profile``)."""
     w = z["answer_words"]
-    qa = D.load_tofu(data_dir, z["authors"])
+    authors = list(range(z["authors"]))
+    qa = D.load_tofu(data_dir, authors)
     general = tuple((q, answer(a, w)) for q, a in D.load_tofu_general(data_dir)[: z["general"]])
-    k, per = z["forget_authors"], z["per_author"]
-    if 2 * k >= z["authors"] or per > 10:
-        raise ValueError("tofu scale: need 2*forget_authors < authors and per_author <= 10")
+    per = z["per_author"]
+    if per > 10:
+        raise ValueError("tofu scale: need per_author <= 10")
 
     def case(kind: PieceKind, row: D.TofuQA) -> Case:
         if kind == PieceKind.EDIT:
@@ -108,35 +116,71 @@ def _tofu(name: str, scale: str, data_dir: Path, z: dict, files: tuple[Path, ...
                     alt_answers=(answer(row.paraphrased_answer, w),),
                     group=f"author{row.author}")
 
-    forget = range(k)
-    # the forget set (even QA of the forget authors) is the same in both settings; only
-    # whose QA are edited changes: the same authors' odd QA, or other authors' even QA
-    unlearns = tuple(case(PieceKind.UNLEARN, qa[a][i]) for a in forget for i in range(0, 20, 2)
-                     [:per])
-    edits_in = tuple(case(PieceKind.EDIT, qa[a][i]) for a in forget for i in range(1, 20, 2)
-                     [:per])
-    edits_out = tuple(case(PieceKind.EDIT, qa[a][i]) for a in range(k, 2 * k)
-                      for i in range(0, 20, 2)[:per])
-    others = range(2 * k, z["authors"])
-    ne, nt = z["retain_eval_per_author"], z["retain_train_per_author"]
-    retain_eval = tuple((r.question, answer(r.answer, w)) for a in others for r in qa[a][:ne])
-    retain_train = _retain([(r.question, answer(r.answer, w)) for a in others
-                            for r in qa[a][ne:ne + nt]])
-    settings = (
-        Setting(name, "in_profile", edits_in, unlearns, retain_train, retain_eval, general,
-                "edit and unlearn QA of the same author(s)"),
-        Setting(name, "out_profile", edits_out, unlearns, retain_train, retain_eval, general,
-                "unlearn QA of some authors, edit QA of other authors"),
-    )
-    rows = [r for a in range(z["authors"]) for r in qa[a]]
+    rows = [r for a in authors for r in qa[a]]
     corpus = BaseCorpus(tuple((r.question, answer(r.answer, w)) for r in rows),
                         tuple((r.paraphrased_question, answer(r.answer, w)) for r in rows),
                         general)
-    sizes = {**z, "known_qa": len(rows), "edits": len(edits_in), "unlearns": len(unlearns),
-             "retain_eval": len(retain_eval), "retain_train": len(retain_train),
-             "locality": len(general)}
-    return Suite(name, scale, corpus, settings, None, files, sizes,
-                 conflict_pair=("in_profile", "out_profile"))
+    splits: dict[str, tuple[int, ...]] = {}
+    for split in sorted(D.TOFU_SPLITS, key=lambda n: -D.TOFU_SPLITS[n]):
+        forget = tuple(D.tofu_split(split, authors))
+        if forget not in splits.values():
+            splits[split] = forget
+    settings: list[Setting] = []
+    setting_split: dict[str, str] = {}
+    retain_corpora: dict[str, BaseCorpus] = {}
+    ne, nt = z["retain_eval_per_author"], z["retain_train_per_author"]
+    for split, forget in splits.items():
+        k = len(forget)
+        if 2 * k >= len(authors):
+            raise ValueError(f"tofu {split}: {k} forget authors need more than {2 * k} authors")
+        out_authors = authors[len(authors) - 2 * k: len(authors) - k]
+        others = [a for a in authors if a not in forget and a not in out_authors]
+        # the forget set (even QA of the forget authors) is the same in both settings; only
+        # whose QA are edited changes: the same authors' odd QA, or other authors' even QA
+        unlearns = tuple(case(PieceKind.UNLEARN, qa[a][i]) for a in forget
+                         for i in range(0, 20, 2)[:per])
+        edits_in = tuple(case(PieceKind.EDIT, qa[a][i]) for a in forget
+                         for i in range(1, 20, 2)[:per])
+        edits_out = tuple(case(PieceKind.EDIT, qa[a][i]) for a in out_authors
+                          for i in range(0, 20, 2)[:per])
+        retain_eval = tuple((r.question, answer(r.answer, w)) for a in others
+                            for r in qa[a][:ne])
+        retain_train = _retain([(r.question, answer(r.answer, w)) for a in others
+                                for r in qa[a][ne:ne + nt]])
+        prefix = "" if split == "forget10" else f"{split}_"
+        names = (f"{prefix}in_profile", f"{prefix}out_profile")
+        authors_txt = ", ".join(map(str, forget))
+        settings += [
+            Setting(name, names[0], edits_in, unlearns, retain_train, retain_eval, general,
+                    f"{split} (authors {authors_txt}): edit and unlearn QA of the same "
+                    "author(s)"),
+            Setting(name, names[1], edits_out, unlearns, retain_train, retain_eval, general,
+                    f"{split} (authors {authors_txt}): unlearn their QA, edit QA of other "
+                    "authors"),
+        ]
+        setting_split.update({n: split for n in names})
+        kept = [r for a in authors if a not in forget for r in qa[a]]
+        retain_corpora[split] = BaseCorpus(
+            tuple((r.question, answer(r.answer, w)) for r in kept),
+            tuple((r.paraphrased_question, answer(r.answer, w)) for r in kept), general)
+    items = {r.question: TruthItem(answer(r.answer, w), answer(r.paraphrased_answer, w),
+                                   tuple(answer(p, w) for p in r.perturbed_answers), "retain")
+             for r in rows}
+    control = {c.question: c for cs in D.load_tofu_control(data_dir).values() for c in cs}
+    for q, a in general:
+        c = control[q]
+        items[q] = TruthItem(a, a, tuple(answer(p, w) for p in c.perturbed_answers), c.set)
+    tofu = TofuSets(items, splits, setting_split, retain_corpora)
+    first = settings[0]
+    sizes = {**z, "known_qa": len(rows), "edits": len(first.edits),
+             "unlearns": len(first.unlearns), "retain_eval": len(first.retain_eval),
+             "retain_train": len(first.retain_train), "locality": len(general),
+             "forget_splits": {n: list(a) for n, a in splits.items()},
+             "forget_splits_merged": {n: next(m for m, a in splits.items()
+                                              if list(a) == D.tofu_split(n, authors))
+                                      for n in D.TOFU_SPLITS}}
+    return Suite(name, scale, corpus, tuple(settings), None, files, sizes,
+                 conflict_pair=("in_profile", "out_profile"), tofu=tofu)
 
 
 # ---------------------------------------------------------------- ZsRE and CounterFact
