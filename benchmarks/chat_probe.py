@@ -200,6 +200,13 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(loc) + "\n"
 
 
+def render(doc: dict[str, Any]) -> str:
+    """``results.md`` (and the README's block) from ``results.json``'s content."""
+    meta = doc["meta"]
+    return (f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min)\n\n"
+            + markdown(doc["variants"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2")
@@ -215,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - started, 1)}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "variants": results},
                                                       indent=1))
-    (args.out / "results.md").write_text(f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min)"
-                                         f"\n\n" + markdown(results))
+    doc = {"meta": meta, "variants": results}
+    (args.out / "results.md").write_text(render(doc))
     logger.info("wrote %s", args.out)
     return 0
 

@@ -99,11 +99,39 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join([head, "", *lines, *([""] + tail if tail else [])]) + "\n"
 
 
+def conflict_summary(results: dict[str, Any]) -> str:
+    """The conflict analysis (``python -m benchmarks conflict``): per seed, in- against
+    out-profile gradient cosines after the engine's warm-up, and the three tests."""
+    meta = results.get("meta", {})
+    header = ["seed", "mean cos in / out", "share cos <= 0 in / out", "in - out",
+              "KS p", "Mann-Whitney p", "permutation p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results.get("per_seed", []):
+        lines.append(
+            f"| {r['seed']} | {r['mean_in_profile']:+.2f} / {r['mean_out_profile']:+.2f} | "
+            f"{r['share_nonpositive_in_profile']:.2f} / {r['share_nonpositive_out_profile']:.2f}"
+            f" | {r['mean_difference']:+.3f} | {r['ks_p']:.3g} | {r['mann_whitney_p']:.3g} | "
+            f"{r['permutation_p']:.3g} |")
+    seconds = meta.get("seconds")
+    head = (f"`{meta.get('command', '?')}`: {results.get('warmup_steps', '?')} warm-up steps, "
+            f"{'%.1f min' % (seconds / 60) if isinstance(seconds, int | float) else '? min'}.")
+    return "\n".join([head, "", *lines]) + "\n"
+
+
 def _render(block_path: str, root: Path) -> str:
+    """The block's text for the results file it names: a benchmark run, the conflict analysis
+    or the chat probe."""
     path = root / block_path
     if not path.is_file():
         raise FileNotFoundError(f"a results block names {block_path}, which does not exist")
-    return summary(json.loads(path.read_text()))
+    results = json.loads(path.read_text())
+    if "per_seed" in results and "stats" in results:
+        return conflict_summary(results)
+    if "variants" in results:
+        from benchmarks.chat_probe import render
+
+        return render(results)
+    return summary(results)
 
 
 def sync(files: Sequence[Path], root: Path, check: bool = False) -> list[str]:

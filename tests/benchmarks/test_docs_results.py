@@ -67,3 +67,27 @@ def test_summary_reports_failed_parts() -> None:
     res = _results(0.9)
     res["failures"] = {"pku/main": "ValueError"}
     assert "Failed parts: pku/main." in summary(res)
+
+
+def test_blocks_of_the_conflict_analysis_and_the_chat_probe(tmp_path: Path) -> None:
+    """A block naming a conflict analysis or a chat probe gets that file's own table."""
+    conflict = {"warmup_steps": 5, "stats": {}, "meta": {"command": "c", "seconds": 60},
+                "per_seed": [{"seed": 0, "mean_in_profile": -0.7, "mean_out_profile": -0.6,
+                              "share_nonpositive_in_profile": 1.0,
+                              "share_nonpositive_out_profile": 0.9, "mean_difference": -0.1,
+                              "ks_p": 0.01, "mann_whitney_p": 0.02, "permutation_p": 0.03}]}
+    probe = {"meta": {"command": "p", "seconds": 120}, "variants": [{
+        "variant": "chat_paraphrase",
+        "summary": {"edit/question": {"n": 10, "routed_to_own_memory": 0.9, "routed_ok": 0.8,
+                                      "forced_ok": 1.0, "mean_max_key_similarity": 0.95}},
+        "locality": {"general_chat": {"n": 52, "routed": 0.0, "identical_to_base": 1.0}}}]}
+    (tmp_path / "c.json").write_text(json.dumps(conflict))
+    (tmp_path / "p.json").write_text(json.dumps(probe))
+    doc = tmp_path / "README.md"
+    doc.write_text("<!-- results: c.json -->\n<!-- /results -->\n"
+                   "<!-- results: p.json -->\n<!-- /results -->\n")
+    sync([doc], tmp_path)
+    text = doc.read_text()
+    assert "| 0 | -0.70 / -0.60 | 1.00 / 0.90 | -0.100 | 0.01 | 0.02 | 0.03 |" in text
+    assert "| chat_paraphrase | edit/question | 10 | 0.90 | 0.80 | 1.00 | 0.95 |" in text
+    assert "| chat_paraphrase | general_chat | 52 | 0.00 | 1.00 |" in text
