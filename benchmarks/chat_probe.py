@@ -116,7 +116,7 @@ def run(model: str, variant: str, facts: list[dict]) -> dict[str, Any]:
 
         qs = [chat(asked[p.prompt][0]) for p in pieces]
         held = [chat(asked[p.prompt][1]) for p in pieces]
-        base = gen(qs, "none")
+        base = {"question": gen(qs, "none"), "heldout_question": gen(held, "none")}
         general = [chat(g.prompt) for g in general_prompts("heldout") if g.form == "chat"]
         same = [chat(t.format(s=p.subject)) for p in pieces for t in SAME_SUBJECT_CHAT]
         untouched = {"general_chat": general, "same_subject_chat": same}
@@ -139,7 +139,7 @@ def run(model: str, variant: str, facts: list[dict]) -> dict[str, Any]:
                     "kind": p.kind.value, "asked": label, "prompt": p.prompt,
                     "question": prompts[i], "target": ans,
                     "base_has_true_answer": _answer_in(
-                        facts_truth(p, edits, unlearns), base[i].text),
+                        facts_truth(p, edits, unlearns), base[label][i].text),
                     "routed_memory": routed[i].memory_id,
                     "routed_to_own_memory": routed[i].memory_id == owner[p.prompt],
                     "routed_ok": ok(ans, routed[i].text), "routed_text": routed[i].text,
