@@ -38,6 +38,14 @@ def _suites(values: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where base models are cached (default: $LOKA_CACHE_DIR or "
+                        "~/.cache/loka)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", action="append", default=None, metavar="|".join(SUITE_CHOICES),
                    help="suite(s) to use, repeatable or comma-separated (default: all)")
@@ -45,11 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="small (default without --model): tiny base models, 2 CPU cores; cpu "
                         "(default with --model): a pretrained model on 2 CPU cores; full: an "
                         "accelerator")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where base models are cached (default: $LOKA_CACHE_DIR or "
-                        "~/.cache/loka)")
+    _data_args(p)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -254,11 +258,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
                    help="output directory (default: benchmarks/results/conflict)")
     p.add_argument("--seeds", type=int, default=3,
                    help="adapter initialisation seeds 0..N-1 (default 3)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="benchmark data (default: $LOKA_BENCH_DATA or ../shared/data)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where base models are cached (default: $LOKA_CACHE_DIR or "
-                        "~/.cache/loka)")
+    _data_args(p)
     p.set_defaults(func=cmd_conflict)
 
     p = sub.add_parser("tables", help="rewrite (or --check) the docs' results blocks from the "

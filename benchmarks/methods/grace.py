@@ -41,17 +41,15 @@ import torch
 
 from benchmarks.methods import verify
 from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats
-from benchmarks.methods.layer import HookedServed, Rows, teacher_forced_rows
+from benchmarks.methods.layer import HookedServed, Rows, piece_loss, teacher_forced_rows
 from memory_store.keys import encode_batch
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 from memory_store.update import losses
-from memory_store.update.trainer import UNLEARN_MARGIN
 
 logger = logging.getLogger(__name__)
 
 RADIUS_FRACTION = 0.1
 VALUE_LR = 1.0
-NPO_BETA = 0.1
 # GRACE trains on the label tokens alone; one value at every answer position cannot also end
 # the answer with EOS (the engine's ``target_eos``) without hurting its first token
 EDIT_EOS = False
@@ -199,15 +197,8 @@ class GraceServed(HookedServed):
             for kind, batch, rows, decision, ref in groups:
                 with self.hook.serving(rows, decision):
                     logits = losses.forward_logits(self.model, batch)
-                if kind == PieceKind.EDIT:
-                    total = total + losses.nll(logits, batch.labels)
-                    done = done and bool((losses.target_accuracy(logits, batch.labels)
-                                          >= 1.0).all())
-                else:
-                    total = total + losses.npo(logits, batch.labels, ref, NPO_BETA)
-                    drop = losses.sequence_logprob(logits, batch.labels) - ref
-                    done = done and bool((~losses.first_token_hit(logits, batch.labels)).all()
-                                         and (drop <= -UNLEARN_MARGIN).all())
+                loss, met = piece_loss(kind, logits, batch, ref)
+                total, done = total + loss, done and met
             return total, done
 
         def run_round(n: int) -> int:

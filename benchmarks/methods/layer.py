@@ -27,7 +27,9 @@ from benchmarks.methods.base import Budget, UpdateStats
 from benchmarks.methods.predict import teacher_forced_argmax
 from memory_store.keys import encode_batch
 from memory_store.models.access import ARCHITECTURES, get_module, load_model
+from memory_store.types import PieceKind
 from memory_store.update import losses
+from memory_store.update.trainer import UNLEARN_MARGIN
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,24 @@ class LayerHook:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+NPO_BETA = 0.1  # GRACE and WISE have no unlearning: their values / side memory take NPO
+
+
+def piece_loss(kind: PieceKind, logits: torch.Tensor, batch: losses.TokenBatch,
+               ref: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """One piece kind's training loss on a batch and whether its targets are met, by the
+    engine's rule: edits reproduce every target token teacher-forced; unlearning drops the
+    answer's log-probability by ``UNLEARN_MARGIN`` below the base's (``ref``) with its first
+    token no longer the argmax."""
+    if kind == PieceKind.EDIT:
+        done = bool((losses.target_accuracy(logits, batch.labels) >= 1.0).all())
+        return losses.nll(logits, batch.labels), done
+    drop = losses.sequence_logprob(logits, batch.labels) - ref
+    done = bool((~losses.first_token_hit(logits, batch.labels)).all()
+                and (drop <= -UNLEARN_MARGIN).all())
+    return losses.npo(logits, batch.labels, ref, NPO_BETA), done
 
 
 def teacher_forced_rows(batch: losses.TokenBatch) -> Rows:

@@ -36,17 +36,15 @@ import torch.nn.functional as F
 
 from benchmarks.methods import verify
 from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats
-from benchmarks.methods.layer import HookedServed, Rows, teacher_forced_rows
+from benchmarks.methods.layer import HookedServed, Rows, piece_loss, teacher_forced_rows
 from memory_store.keys import encode_batch
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 from memory_store.update import losses
-from memory_store.update.trainer import UNLEARN_MARGIN
 
 logger = logging.getLogger(__name__)
 
 THRESHOLD_FRACTION = 0.88
 MARGINS = (0.25, 1.0, 0.5)  # WISE's (alpha, beta, gamma) = (5, 20, 10), relative
-NPO_BETA = 0.1
 INIT_STD = 1e-3  # D starts near zero (W_side ~ W_main); exactly zero has no score gradient
 
 
@@ -171,15 +169,8 @@ class WiseServed(HookedServed):
             for kind, batch, rows, on, ref in groups:
                 with self.hook.serving(rows, on):
                     logits = losses.forward_logits(self.model, batch)
-                if kind == PieceKind.EDIT:
-                    total = total + losses.nll(logits, batch.labels)
-                    done = done and bool((losses.target_accuracy(logits, batch.labels)
-                                          >= 1.0).all())
-                else:
-                    total = total + losses.npo(logits, batch.labels, ref, NPO_BETA)
-                    drop = losses.sequence_logprob(logits, batch.labels) - ref
-                    done = done and bool((~losses.first_token_hit(logits, batch.labels)).all()
-                                         and (drop <= -UNLEARN_MARGIN).all())
+                loss, met = piece_loss(kind, logits, batch, ref)
+                total, done = total + loss, done and met
             return total, done
 
         def run_round(n: int) -> int:
