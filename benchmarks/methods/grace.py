@@ -41,7 +41,13 @@ import torch
 
 from benchmarks.methods import verify
 from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats
-from benchmarks.methods.layer import HookedServed, Rows, piece_loss, teacher_forced_rows
+from benchmarks.methods.layer import (
+    HookedServed,
+    Rows,
+    optimise,
+    piece_loss,
+    teacher_forced_rows,
+)
 from memory_store.keys import encode_batch
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 from memory_store.update import losses
@@ -202,15 +208,7 @@ class GraceServed(HookedServed):
             return total, done
 
         def run_round(n: int) -> int:
-            # the engine's loop: ``done`` is judged on the step's own forward pass
-            for step in range(1, n + 1):
-                opt.zero_grad(set_to_none=True)
-                loss, done = loss_and_done()
-                loss.backward()
-                opt.step()
-                if self.budget.early_stop and done and step % self.budget.check_every == 0:
-                    return step
-            return n
+            return optimise(opt, loss_and_done, n, self.budget)
 
         def reached() -> bool:
             return all(verify.pieces_reached(self.generate, self.tokenizer, pieces))

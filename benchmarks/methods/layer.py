@@ -14,7 +14,7 @@ teacher-forced predictions) with each prompt's rows set up as serving does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +125,20 @@ def piece_loss(kind: PieceKind, logits: torch.Tensor, batch: losses.TokenBatch,
     done = bool((~losses.first_token_hit(logits, batch.labels)).all()
                 and (drop <= -UNLEARN_MARGIN).all())
     return losses.npo(logits, batch.labels, ref, NPO_BETA), done
+
+
+def optimise(opt: torch.optim.Optimizer, loss_and_done: Callable[[], tuple[torch.Tensor, bool]],
+             n: int, budget: Budget) -> int:
+    """Up to ``n`` steps, the engine's loop: ``done`` is judged on the step's own forward pass
+    and stops the round (with ``budget.early_stop``) on a check step. Returns steps taken."""
+    for step in range(1, n + 1):
+        opt.zero_grad(set_to_none=True)
+        loss, done = loss_and_done()
+        loss.backward()
+        opt.step()
+        if budget.early_stop and done and step % budget.check_every == 0:
+            return step
+    return n
 
 
 def teacher_forced_rows(batch: losses.TokenBatch) -> Rows:

@@ -36,7 +36,13 @@ import torch.nn.functional as F
 
 from benchmarks.methods import verify
 from benchmarks.methods.base import BYTES_PER_PARAM, Budget, UpdateStats
-from benchmarks.methods.layer import HookedServed, Rows, piece_loss, teacher_forced_rows
+from benchmarks.methods.layer import (
+    HookedServed,
+    Rows,
+    optimise,
+    piece_loss,
+    teacher_forced_rows,
+)
 from memory_store.keys import encode_batch
 from memory_store.types import PieceKind, PieceSpec, RetainSpec
 from memory_store.update import losses
@@ -174,15 +180,7 @@ class WiseServed(HookedServed):
             return total, done
 
         def run_round(n: int) -> int:
-            taken = n
-            for step in range(1, n + 1):
-                opt.zero_grad(set_to_none=True)
-                loss, done = loss_and_done()
-                loss.backward()
-                opt.step()
-                if self.budget.early_stop and done and step % self.budget.check_every == 0:
-                    taken = step
-                    break
+            taken = optimise(opt, loss_and_done, n, self.budget)
             self._set_threshold()
             return taken
 
