@@ -189,18 +189,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker_main()
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``loka bench ...`` is ``python -m benchmarks ...``: the benchmarks live in the repository
-    checkout (they read ``../shared/data``), not in the installed package."""
-    try:
-        from benchmarks.cli import main as bench_main
-    except ImportError:
-        sys.stderr.write("error: the benchmarks are not installed with the package; run "
-                         "`loka bench` from a checkout of the repository\n")
-        return 2
-    return bench_main(["-v", *args.rest] if args.verbose else list(args.rest))
-
-
 # ---------------------------------------------------------------------------- parser
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -278,11 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-worker", action="store_true",
                    help="serve HTTP only; jobs are run by `loka worker` processes")
     p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("bench", help="the benchmarks (from a repository checkout): "
-                       "loka bench run|prepare|conflict|tables|serving ... (python -m benchmarks)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("worker", help="run jobs only, no HTTP (settings: LOKA_* variables)")
     p.add_argument("--store")

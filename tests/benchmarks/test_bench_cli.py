@@ -35,12 +35,3 @@ def test_run_rejects_bad_input_before_any_work(tmp_path: Path,
     assert cli.main(["run", "--data-dir", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["prepare", "--data-dir", str(tmp_path / "missing")]) == 2
-
-
-def test_loka_bench_is_python_m_benchmarks() -> None:
-    """`loka bench ...` runs the benchmark CLI from a checkout (here: the docs check)."""
-    from service.cli import main as loka_main
-
-    assert loka_main(["bench", "tables", "--check"]) == 0
-    with pytest.raises(SystemExit):
-        loka_main(["bench", "no-such-command"])
