@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint bench-small clean-venv
+.PHONY: test serve lint bench-small bench-smollm2 clean-venv
 
 $(STAMP): pyproject.toml clients/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -24,6 +24,14 @@ serve: $(STAMP)
 
 bench-small: $(STAMP)
 	$(BIN)/python -m benchmarks run --suite all --scale small --jobs 2
+
+# the built-in SmolLM2 at cpu scale (about an hour on 2 cores); the README's headline
+bench-smollm2: $(STAMP)
+	$(BIN)/loka model build
+	$(BIN)/python -m benchmarks run --suite zsre,counterfact,pku --model smollm2 \
+		--methods loka ft_lora grad_diff npo_kl simnpo grace wise base --seeds 1 \
+		--skip ablations,density,conflict --jobs 2 --out benchmarks/results/smollm2
+	$(BIN)/python -m benchmarks tables
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
