@@ -94,9 +94,37 @@ def summary(results: dict[str, Any]) -> str:
             f"{len(seeds)} seed(s), "
             f"{'%.1f min' % (minutes / 60) if isinstance(minutes, int | float) else '? min'} "
             f"wall time.")
+    seq = _sequential_lines(results)
     failures = results.get("failures") or {}
     tail = [f"Failed parts: {', '.join(sorted(failures))}."] if failures else []
-    return "\n".join([head, "", *lines, *([""] + tail if tail else [])]) + "\n"
+    return "\n".join([head, "", *lines, *seq, *([""] + tail if tail else [])]) + "\n"
+
+
+SEQ_COLUMNS = [("edit_rel_acc", "edit rel."), ("edit_gen_acc", "edit gen."),
+               ("unlearn_eff", "unlearn eff."), ("retain_ratio", "retain"),
+               ("locality", "locality (greedy)")]
+
+
+def _sequential_lines(results: dict[str, Any]) -> list[str]:
+    """The sequential protocol: every method at every T, with the seconds of all updates so
+    far and the flatness ratio of an update's cost (last against first quarter, s/piece)."""
+    header = ["suite", "method", "T", *[h for _, h in SEQ_COLUMNS], "updates s (total)",
+              "s/piece last/first"]
+    lines: list[str] = []
+    for name, suite in results.get("suites", {}).items():
+        for curve in (suite.get("sequential") or {}).get("curves", []):
+            ratio = (curve.get("flatness") or {}).get("ratio")
+            for p in curve["points"]:
+                cells = [_fmt(p["metrics"].get(m)) for m, _ in SEQ_COLUMNS]
+                lines.append("| " + " | ".join([name, f"`{curve['method']}`", str(p["T"]),
+                                                *cells, f"{p['update_seconds']:.0f}",
+                                                _fmt(ratio)]) + " |")
+    if not lines:
+        return []
+    batch = next(s["sequential"]["batch"] for s in results["suites"].values()
+                 if s.get("sequential"))
+    return ["", f"Sequential (updates of {batch} requests; each T evaluated on all T so far):",
+            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]
 
 
 def conflict_summary(results: dict[str, Any]) -> str:

@@ -91,3 +91,15 @@ def test_blocks_of_the_conflict_analysis_and_the_chat_probe(tmp_path: Path) -> N
     assert "| 0 | -0.70 / -0.60 | 1.00 / 0.90 | -0.100 | 0.01 | 0.02 | 0.03 |" in text
     assert "| chat_paraphrase | edit/question | 10 | 0.90 | 0.80 | 1.00 | 0.95 |" in text
     assert "| chat_paraphrase | general_chat | 52 | 0.00 | 1.00 |" in text
+
+
+def test_summary_has_the_sequential_protocol() -> None:
+    res = _results(0.9)
+    res["suites"]["zsre"]["sequential"] = {"batch": 10, "curves": [{
+        "method": "loka", "flatness": {"ratio": 0.8},
+        "points": [{"T": 10, "update_seconds": 30.0,
+                    "metrics": {"edit_rel_acc": 1.0, "edit_gen_acc": 0.5, "unlearn_eff": 1.0,
+                                "retain_ratio": float("nan"), "locality": 0.75}}]}]}
+    text = summary(res)
+    assert "Sequential (updates of 10 requests" in text
+    assert "| zsre | `loka` | 10 | 1.00 | 0.50 | 1.00 | – | 0.75 | 30 | 0.80 |" in text
