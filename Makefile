@@ -25,7 +25,7 @@ serve: $(STAMP)
 bench-small: $(STAMP)
 	$(BIN)/python -m benchmarks run --suite all --scale small --jobs 2
 
-# the built-in SmolLM2 at cpu scale (about an hour on 2 cores); the README's headline
+# the built-in SmolLM2 at cpu scale (105 min on 2 shared cores); the README's headline
 bench-smollm2: $(STAMP)
 	$(BIN)/loka model build
 	$(BIN)/python -m benchmarks run --suite zsre,counterfact,pku --model smollm2 \
