@@ -4,7 +4,8 @@ The edited layer is the MLP down projection (the block's FFN output) of block
 ``(2 * (n_layers - 1)) // 3``, two thirds of the way up, where GRACE and WISE edit (GRACE:
 a late-middle MLP layer of T5/GPT; WISE: an FFN value matrix of a late-middle block).
 
-A :class:`LayerHook` calls an :class:`Editor` on that layer's forward pass. Within
+A :class:`LayerHook` calls its :class:`HookedServed` (``decide``, ``apply``) on that layer's
+forward pass. Within
 ``hook.serving(rows)`` the first forward (the prefill, or the one teacher-forced pass) lets the
 editor decide per row from the layer's input (its key / activation), and every forward may
 rewrite the layer's output. :class:`HookedServed` serves such a model (greedy generation, scores,
@@ -14,11 +15,12 @@ teacher-forced predictions) with each prompt's rows set up as serving does.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,22 +65,10 @@ class Rows:
     last: torch.Tensor  # (B,) position of each prompt's last token
 
 
-class Editor(Protocol):
-    def decide(self, x: torch.Tensor, rows: Rows) -> Any:
-        """Per-row decision from the layer input ``x`` (B, T0, d_in) of the first forward."""
-        ...
-
-    def apply(self, x: torch.Tensor, out: torch.Tensor, decision: Any,
-              after: torch.Tensor) -> torch.Tensor:
-        """The layer's output; ``after`` (B, T) marks positions at or after the prompt's
-        last token."""
-        ...
-
-
 class LayerHook:
     """A forward hook on one module that defers to an editor inside :meth:`serving`."""
 
-    def __init__(self, module: nn.Module, editor: Editor) -> None:
+    def __init__(self, module: nn.Module, editor: HookedServed) -> None:
         self.editor = editor
         self._rows: Rows | None = None
         self._decision: Any = None
@@ -152,8 +142,9 @@ def teacher_forced_rows(batch: losses.TokenBatch) -> Rows:
     return Rows(pos[None, :] < prompt_len[:, None], prompt_len - 1)
 
 
-class HookedServed:
-    """The base model with one hooked layer; subclasses are the editors."""
+class HookedServed(ABC):
+    """The base model with one hooked layer; subclasses are the editors (``decide`` which
+    rows use the edited layer, ``apply`` the edit to that layer's output)."""
 
     def __init__(self, name: str, model_dir: Path, budget: Budget, seed: int) -> None:
         self.name = name
@@ -161,16 +152,19 @@ class HookedServed:
         self.seed = seed
         self.model, self.tokenizer = load_model(model_dir, device=budget.device)
         self.layer_name, self.module = down_projection(self.model)
-        self.hook = LayerHook(self.module, self)  # type: ignore[arg-type]
+        self.hook = LayerHook(self.module, self)
         self.last_update = UpdateStats(0.0, 0)
 
     # ---------------------------------------------------------------- the editor
+    @abstractmethod
     def decide(self, x: torch.Tensor, rows: Rows) -> Any:
-        raise NotImplementedError
+        """Per-row decision from the layer input ``x`` (B, T0, d_in) of the first forward."""
 
+    @abstractmethod
     def apply(self, x: torch.Tensor, out: torch.Tensor, decision: Any,
               after: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The layer's output; ``after`` (B, T) marks positions at or after the prompt's
+        last token."""
 
     # ---------------------------------------------------------------- serving
     @torch.no_grad()
