@@ -90,7 +90,10 @@ def summary(results: dict[str, Any]) -> str:
                 lines.append("| " + " | ".join(row) + " |")
     seeds = meta.get("seeds", [])
     minutes = meta.get("seconds")
-    head = (f"`{meta.get('command', '?')}`: scale {meta.get('scale', '?')}, "
+    # runs recorded before the command moved record it as ``loka bench``: the same CLI, which
+    # is now ``python -m benchmarks`` (a command shown in the docs must run as written)
+    command = meta.get("command", "?").replace("loka bench ", "python -m benchmarks ", 1)
+    head = (f"`{command}`: scale {meta.get('scale', '?')}, "
             f"{len(seeds)} seed(s), "
             f"{'%.1f min' % (minutes / 60) if isinstance(minutes, int | float) else '? min'} "
             f"wall time.")

@@ -103,3 +103,9 @@ def test_summary_has_the_sequential_protocol() -> None:
     text = summary(res)
     assert "Sequential (updates of 10 requests" in text
     assert "| zsre | `loka` | 10 | 1.00 | 0.50 | 1.00 | – | 0.75 | 30 | 0.80 |" in text
+
+
+def test_summary_shows_the_old_loka_bench_command_as_it_runs_now() -> None:
+    res = _results(0.9)
+    res["meta"]["command"] = "loka bench run --suite all --scale small"
+    assert summary(res).startswith("`python -m benchmarks run --suite all --scale small`")
