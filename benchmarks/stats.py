@@ -18,15 +18,20 @@ def _kolmogorov_sf(lam: float) -> float:
     return float(min(max(2 * np.sum((-1.0) ** (k - 1) * np.exp(-2 * k**2 * lam**2)), 0.0), 1.0))
 
 
+def ks_statistic(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sample KS statistic ``max |F_x - F_y|`` over the pooled sample (ties handled)."""
+    a, b = np.sort(np.asarray(x, float)), np.sort(np.asarray(y, float))
+    pooled = np.concatenate([a, b])
+    fa = np.searchsorted(a, pooled, side="right") / len(a)
+    fb = np.searchsorted(b, pooled, side="right") / len(b)
+    return float(np.max(np.abs(fa - fb)))
+
+
 def ks_2samp(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """The KS statistic (largest gap of the two empirical CDFs) and its asymptotic p-value
     (with Stephens' small-sample correction, as in Numerical Recipes)."""
-    a, b = np.sort(np.asarray(x, float)), np.sort(np.asarray(y, float))
-    grid = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
-    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
-    d = float(np.max(np.abs(cdf_a - cdf_b)))
-    en = math.sqrt(len(a) * len(b) / (len(a) + len(b)))
+    d = ks_statistic(x, y)
+    en = math.sqrt(len(x) * len(y) / (len(x) + len(y)))
     return {"statistic": d, "p_value": _kolmogorov_sf((en + 0.12 + 0.11 / en) * d)}
 
 

@@ -29,10 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
-
 from benchmarks.metrics import mean, rouge_l_recall
 from benchmarks.protocol import BaseCorpus
+from benchmarks.stats import ks_statistic
 
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 UTILITY_PARTS = ("prob", "rouge", "truth_ratio")
@@ -99,15 +98,6 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if any(v == 0 for v in vals):
         return 0.0
     return len(vals) / sum(1 / v for v in vals)
-
-
-def ks_statistic(x: Sequence[float], y: Sequence[float]) -> float:
-    """Two-sample KS statistic ``max |F_x - F_y|`` over the pooled sample (ties handled)."""
-    a, b = np.sort(np.asarray(x, float)), np.sort(np.asarray(y, float))
-    pooled = np.concatenate([a, b])
-    fa = np.searchsorted(a, pooled, side="right") / len(a)
-    fb = np.searchsorted(b, pooled, side="right") / len(b)
-    return float(np.max(np.abs(fa - fb)))
 
 
 def _ks_exact_pvalue(n: int, m: int, d: float) -> float:
